@@ -1,0 +1,1 @@
+"""TF-free configuration package: schema, data contract and experiments."""

@@ -1,0 +1,217 @@
+"""One typed object per run: the frozen `ExperimentConfig` dataclass tree.
+
+Defaults live here; YAML files under `configs/` hold overrides only (see
+`configs/loader.py` for the resolution order). Field names follow keras-hub
+(`vocabulary_size`, `num_layers`, `hidden_dim`, ...). TF-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from configs import features
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How records are (or were) made. Checked against `metadata.json`."""
+
+    max_seq_length: int = 128  # tokens per sequence incl. [CLS]/[SEP]/padding
+    max_predictions_per_seq: int = 20  # masked-LM slots per sequence
+    masked_lm_prob: float = 0.15  # fraction of tokens chosen for prediction
+    mask_token_prob: float = 0.8  # chosen -> [MASK]
+    random_token_prob: float = 0.1  # chosen -> random token (rest kept)
+    short_seq_prob: float = 0.1  # chance of a shorter target length
+    dupe_factor: int = 10  # duplication rounds (fresh pairs + masks each)
+    sentence_task: str = "nsp"  # "nsp" (BERT) or "sop" (ALBERT)
+    whole_word_mask: bool = False  # mask all wordpieces of a word together
+    do_lower_case: bool = True  # must match the vocabulary (uncased: True)
+    random_tokens: str = "ordinary"  # "ordinary" or "any" (bert's draw)
+    seed: int = 12345  # every random choice derives from this
+    bucket_size: int = 64  # documents per random-next-sentence bucket
+    vocab_file: str = ""  # path of vocab.txt; empty = take it from the data
+
+    def validate(self) -> None:
+        _check(self.max_seq_length >= 8, "max_seq_length must be at least 8")
+        _check(
+            0.0 < self.masked_lm_prob < 1.0,
+            "masked_lm_prob must be in (0, 1)",
+        )
+        _check(
+            self.max_predictions_per_seq >= 1,
+            "max_predictions_per_seq must be at least 1",
+        )
+        _check(
+            self.max_predictions_per_seq <= self.max_seq_length - 3,
+            "max_predictions_per_seq must be at most max_seq_length - 3",
+        )
+        _check(
+            0.0 <= self.mask_token_prob
+            and 0.0 <= self.random_token_prob
+            and self.mask_token_prob + self.random_token_prob <= 1.0,
+            "mask_token_prob + random_token_prob must be within [0, 1]",
+        )
+        _check(0.0 <= self.short_seq_prob <= 1.0, "short_seq_prob in [0, 1]")
+        _check(self.dupe_factor >= 1, "dupe_factor must be at least 1")
+        _check(
+            self.sentence_task in features.SENTENCE_TASKS,
+            f"sentence_task must be one of {features.SENTENCE_TASKS}",
+        )
+        _check(
+            self.random_tokens in ("ordinary", "any"),
+            "random_tokens must be 'ordinary' or 'any'",
+        )
+        _check(self.bucket_size >= 2, "bucket_size must be at least 2")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder sizes (defaults: BERT-Base)."""
+
+    vocabulary_size: int = 30522  # rows of the token embedding
+    num_layers: int = 12  # transformer blocks
+    num_heads: int = 12  # attention heads per block
+    hidden_dim: int = 768  # width of every block
+    intermediate_dim: int = 3072  # feed-forward inner width
+    max_sequence_length: int = 512  # rows of the position embedding
+    num_segments: int = 2  # token type vocabulary
+    dropout: float = 0.1  # 0.0 makes runs bit-reproducible
+    initializer_range: float = 0.02  # stddev of truncated-normal init
+
+    def validate(self) -> None:
+        _check(self.num_layers >= 1, "num_layers must be at least 1")
+        _check(
+            self.hidden_dim % self.num_heads == 0,
+            "hidden_dim must be divisible by num_heads",
+        )
+        _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        _check(self.vocabulary_size >= 8, "vocabulary_size must be >= 8")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Pretraining run settings."""
+
+    steps: int = 1000  # optimizer steps (global)
+    batch_size: int = 32  # GLOBAL batch size, split over replicas
+    learning_rate: float = 1e-4  # peak, after warm-up
+    warmup_steps: int = 100  # linear warm-up, then linear decay to 0
+    weight_decay: float = 0.01  # AdamW/LAMB; not on LayerNorm or biases
+    optimizer: str = "adamw"  # "adamw" or "lamb" (large batches)
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-6
+    clipnorm: float = 1.0  # global-norm clipping
+    precision: str = "auto"  # auto | float32 | mixed_bfloat16 | mixed_float16
+    jit_compile: str = "auto"  # auto | true | false (XLA)
+    masking: str = "static"  # static (as written) or dynamic (per step)
+    save_every: int = 500  # checkpoint interval in steps
+    log_every: int = 50  # metrics.jsonl / TensorBoard interval in steps
+    keep_checkpoints: int = 3  # how many checkpoints to keep
+    strategy: str = "default"  # default|one_device|mirrored|multi_worker|tpu
+    tpu: str = ""  # TPU address / name for --strategy=tpu
+    shuffle_buffer: int = 10000  # records
+    seed: int = 0  # model init, shuffling, dynamic masks
+    steps_per_loop: int = 1  # train steps per tf.function call
+
+    def validate(self) -> None:
+        _check(self.steps >= 1, "steps must be at least 1")
+        _check(self.batch_size >= 1, "batch_size must be at least 1")
+        _check(self.learning_rate > 0, "learning_rate must be positive")
+        _check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        _check(self.optimizer in ("adamw", "lamb"), "optimizer: adamw|lamb")
+        _check(
+            self.precision in ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+            "precision: auto|float32|mixed_bfloat16|mixed_float16",
+        )
+        _check(self.jit_compile in ("auto", "true", "false"), "jit_compile")
+        _check(self.masking in ("static", "dynamic"), "masking: static|dynamic")
+        _check(
+            self.strategy
+            in ("default", "one_device", "mirrored", "multi_worker", "tpu"),
+            "strategy: default|one_device|mirrored|multi_worker|tpu",
+        )
+        _check(self.save_every >= 1, "save_every must be at least 1")
+        _check(self.log_every >= 1, "log_every must be at least 1")
+        _check(self.steps_per_loop >= 1, "steps_per_loop must be >= 1")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Sentence classification fine-tuning settings."""
+
+    epochs: int = 3
+    batch_size: int = 32  # GLOBAL batch size
+    learning_rate: float = 5e-5
+    warmup_proportion: float = 0.1  # of total steps
+    weight_decay: float = 0.01
+    max_seq_length: int = 128  # tokens incl. [CLS]/[SEP]
+    dropout: float = 0.1  # before the classification layer
+    labels: tuple = ()  # label values as strings; empty = learn from train
+    text_column: str = "sentence"
+    text_b_column: str = ""  # set for sentence-pair tasks
+    label_column: str = "label"
+    seed: int = 0
+    seeds: int = 1  # repeat with seeds seed..seed+N-1, report mean ± std
+    precision: str = "float32"
+    max_steps: int = 0  # stop after this many steps (0 = full epochs)
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "epochs must be at least 1")
+        _check(self.batch_size >= 1, "batch_size must be at least 1")
+        _check(self.learning_rate > 0, "learning_rate must be positive")
+        _check(0 <= self.warmup_proportion <= 1, "warmup_proportion in [0,1]")
+        _check(self.max_seq_length >= 8, "max_seq_length must be at least 8")
+        _check(self.seeds >= 1, "seeds must be at least 1")
+        _check(self.max_steps >= 0, "max_steps must be >= 0")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Serving SavedModel settings."""
+
+    max_seq_length: int = 128  # longer inputs are truncated
+    label_names: tuple = ()  # optional names for the labels
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The whole run: one object, dumped next to every output."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def validate(self) -> "ExperimentConfig":
+        """Cross-field checks; raises ConfigError with one clear line."""
+        self.data.validate()
+        self.model.validate()
+        self.pretrain.validate()
+        self.finetune.validate()
+        # The position table may be longer than the data (BERT keeps 512
+        # rows and pretrains on 128); it may never be shorter.
+        _check(
+            self.data.max_seq_length <= self.model.max_sequence_length,
+            f"data.max_seq_length ({self.data.max_seq_length}) exceeds "
+            f"model.max_sequence_length ({self.model.max_sequence_length})",
+        )
+        _check(
+            self.finetune.max_seq_length <= self.model.max_sequence_length,
+            "finetune.max_seq_length exceeds model.max_sequence_length",
+        )
+        return self
+
+    def replace(self, **sections) -> "ExperimentConfig":
+        return dataclasses.replace(self, **sections)
+
+
+class ConfigError(ValueError):
+    """A config or flag problem; its message is one line for the user."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
