@@ -54,3 +54,44 @@ def build_word_splitter(do_lower_case: bool = True):
     from tensorflow_text.python.ops.bert_tokenizer import BasicTokenizer
 
     return BasicTokenizer(lower_case=do_lower_case)
+
+
+def pack_classification_inputs(
+    token_ids: list, *, max_seq_length: int, cls_id: int, sep_id: int
+) -> dict:
+    """Packs one or two tokenized segments as `[CLS] A [SEP] (B [SEP])`.
+
+    The one definition of classification inputs, used by
+    `pipelines.classification_data` (Beam, eager batches), `model.text_data`
+    (tf.data) and the exported SavedModel (graph), so all three give the same
+    ids for the same text. Over-long pairs are trimmed one token at a time
+    from the longer segment (tensorflow-text's `RoundRobinTrimmer`), which
+    matches google-research/bert's `_truncate_seq_pair`.
+
+    Args:
+        token_ids: list of one or two int `RaggedTensor`s `[batch, (tokens)]`
+            of wordpiece ids without special tokens (`build_tokenizer` output).
+        max_seq_length: int, length of every output row, specials included.
+        cls_id, sep_id: ids of `[CLS]` and `[SEP]` in the vocabulary.
+
+    Returns:
+        dict with `input_ids`, `input_mask`, `segment_ids`: int64 tensors
+        `[batch, max_seq_length]`, zero-padded.
+    """
+    import tensorflow_text as tf_text
+
+    if len(token_ids) not in (1, 2):
+        raise ValueError("pack_classification_inputs takes one or two segments")
+    # Room for [CLS] and one [SEP] per segment.
+    budget = max_seq_length - 1 - len(token_ids)
+    trimmed = tf_text.RoundRobinTrimmer(max_seq_length=budget).trim(token_ids)
+    ids, segments = tf_text.combine_segments(
+        trimmed, start_of_sequence_id=cls_id, end_of_segment_id=sep_id
+    )
+    input_ids, input_mask = tf_text.pad_model_inputs(ids, max_seq_length)
+    segment_ids, _ = tf_text.pad_model_inputs(segments, max_seq_length)
+    return {
+        features.INPUT_IDS: input_ids,
+        features.INPUT_MASK: input_mask,
+        features.SEGMENT_IDS: segment_ids,
+    }
