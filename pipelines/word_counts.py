@@ -1,0 +1,179 @@
+"""Counting words for vocabulary learning: `CountWords`.
+
+Words are what `configs.tokenization.build_word_splitter` yields: the
+tensorflow-text `BasicTokenizer` pre-tokenization (and, with
+`do_lower_case`, the lower-casing, NFD and accent stripping) that
+`FastBertTokenizer` applies before WordPiece. One code path, so a learned
+vocabulary sees exactly the words the data job and the served model will
+see.
+
+Counting is a distributed Beam combine: each batch of lines is split and
+pre-aggregated in the worker (`collections.Counter`), then
+`CombinePerKey(sum)` merges the partial counts across workers. Memory per
+worker is bounded by the distinct words of its batches, not by the corpus.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable, Iterator
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from configs.tokenization import build_word_splitter
+
+# === Counters (namespace = the transform's class name) ===
+NAMESPACE = "CountWords"
+LINES_COUNTED = "lines-counted"
+WORDS_COUNTED = "words-counted"
+WORDS_TOO_LONG = "words-dropped-too-long"
+UNIQUE_WORDS_BELOW_MIN_COUNT = "unique-words-dropped-below-min-count"
+WORDS_BELOW_MIN_COUNT = "words-dropped-below-min-count"
+COUNTER_NAMES = (
+    LINES_COUNTED,
+    WORDS_COUNTED,
+    WORDS_TOO_LONG,
+    UNIQUE_WORDS_BELOW_MIN_COUNT,
+    WORDS_BELOW_MIN_COUNT,
+)
+
+# The learner's own default (`wordpiece_tokenizer_learner_lib.learn`'s
+# `max_token_length`): longer words are split to [UNK]-prone pieces anyway.
+DEFAULT_MAX_WORD_LENGTH = 50
+DEFAULT_MAX_BATCH_SIZE = 1024  # lines per BasicTokenizer call
+
+
+def _no_count(name: str, value: int = 1) -> None:
+    del name, value
+
+
+def count_batch(
+    words: Iterable[bytes],
+    *,
+    max_word_length: int,
+    counter_inc_fn: Callable[[str, int], None] = _no_count,
+) -> dict[str, int]:
+    """Counts the words of one batch.
+
+    Args:
+        words: UTF-8 encoded words, as the word splitter's `flat_values`.
+        max_word_length: longer words (in characters, as the learner
+            measures them) are counted as dropped and left out.
+        counter_inc_fn: `(counter name, increment)`, e.g. a Beam counter.
+
+    Returns:
+        {word: occurrences in this batch}.
+    """
+    # Count the bytes first: decoding each distinct word once is much
+    # cheaper than decoding every occurrence.
+    raw_counts = collections.Counter(words)
+    counts = {}
+    total = too_long = 0
+    for raw, n in raw_counts.items():
+        word = raw.decode("utf-8", errors="replace")
+        total += n
+        if len(word) > max_word_length:
+            too_long += n
+            continue
+        counts[word] = counts.get(word, 0) + n
+    counter_inc_fn(WORDS_COUNTED, total)
+    if too_long:
+        counter_inc_fn(WORDS_TOO_LONG, too_long)
+    return counts
+
+
+def _beam_count(name: str, value: int = 1) -> None:
+    Metrics.counter(NAMESPACE, name).inc(value)
+
+
+class _SplitAndCountFn(beam.DoFn):
+    """Input: list[str] lines (one batch). Output: `(word, count)` partials."""
+
+    def __init__(self, *, do_lower_case: bool, max_word_length: int):
+        self._do_lower_case = do_lower_case
+        self._max_word_length = max_word_length
+        self._splitter = None
+
+    def setup(self):
+        # Built once per worker: loading TF ops per element would dominate.
+        self._splitter = build_word_splitter(self._do_lower_case)
+
+    def process(self, lines: list[str]) -> Iterator[tuple[str, int]]:
+        _beam_count(LINES_COUNTED, len(lines))
+        words = self._splitter.tokenize(lines).flat_values.numpy().tolist()
+        counts = count_batch(
+            words,
+            max_word_length=self._max_word_length,
+            counter_inc_fn=_beam_count,
+        )
+        yield from counts.items()
+
+
+def _keep_frequent(word_count: tuple[str, int], min_count: int) -> bool:
+    if word_count[1] >= min_count:
+        return True
+    _beam_count(UNIQUE_WORDS_BELOW_MIN_COUNT)
+    _beam_count(WORDS_BELOW_MIN_COUNT, word_count[1])
+    return False
+
+
+class CountWords(beam.PTransform):
+    """Counts the pre-tokenized words of text lines.
+
+    Input: PCollection of `str` lines. Output: PCollection of
+    `(word: str, count: int)`, one element per distinct word seen at least
+    `min_count` times (words, not wordpieces; lower-cased and accent-stripped
+    when `do_lower_case`).
+
+    Counters (namespace `CountWords`): `lines-counted`, `words-counted`
+    (every word the splitter produced), `words-dropped-too-long`,
+    `unique-words-dropped-below-min-count`, `words-dropped-below-min-count`.
+
+    Args:
+        do_lower_case: normalization of `configs.tokenization`; must match
+            the tokenizer that will use the vocabulary.
+        max_word_length: words longer than this many characters are dropped.
+        min_count: words seen fewer times in the whole corpus are dropped.
+        max_batch_size: most lines per BasicTokenizer call.
+    """
+
+    def __init__(
+        self,
+        *,
+        do_lower_case: bool = True,
+        max_word_length: int = DEFAULT_MAX_WORD_LENGTH,
+        min_count: int = 1,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    ):
+        super().__init__()
+        if max_word_length < 1:
+            raise ValueError(f"max_word_length must be >= 1, got {max_word_length}")
+        if min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {min_count}")
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self._do_lower_case = bool(do_lower_case)
+        self._max_word_length = max_word_length
+        self._min_count = min_count
+        self._max_batch_size = max_batch_size
+
+    def expand(self, lines):
+        # Batch lines: one tensorflow-text call per batch, not per string.
+        batches = lines | "BatchLines" >> beam.BatchElements(
+            min_batch_size=min(64, self._max_batch_size),
+            max_batch_size=self._max_batch_size,
+        )
+        # Split into words and pre-aggregate inside each batch.
+        partial_counts = batches | "SplitAndCount" >> beam.ParDo(
+            _SplitAndCountFn(
+                do_lower_case=self._do_lower_case,
+                max_word_length=self._max_word_length,
+            )
+        )
+        # Merge partial counts across batches and workers (combiner lifting).
+        word_to_count = partial_counts | "SumCounts" >> beam.CombinePerKey(sum)
+        # Drop the corpus-wide rare words, counting what is dropped.
+        return word_to_count | "DropRare" >> beam.Filter(
+            _keep_frequent, self._min_count
+        )
