@@ -1,0 +1,106 @@
+"""ExampleEncoder bytes == tf.train.Example bytes; WriteTfRecords shards
+parse with google-research/bert's reader spec."""
+
+import glob
+import os
+import random
+
+import apache_beam as beam
+import pytest
+import tensorflow as tf
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from configs import features
+from pipelines import masking, tfrecords
+
+
+def _instance(rng, seq, pred, vocab_size):
+    n = rng.randint(5, seq)
+    ids = [rng.randrange(vocab_size) for _ in range(n)]
+    m = min(pred, rng.randint(0, pred), n)
+    pos = sorted(rng.sample(range(n), m))
+    return ids, rng.randint(2, n), rng.randint(0, 1), pos, [ids[p] for p in pos]
+
+
+def _proto(values):
+    feature = {}
+    for name, v in values.items():
+        if name == features.MASKED_LM_WEIGHTS:
+            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=v))
+        else:
+            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=v))
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def bert_reader_spec(seq, pred):
+    """google-research/bert run_pretraining.py's name_to_features."""
+    return {
+        "input_ids": tf.io.FixedLenFeature([seq], tf.int64),
+        "input_mask": tf.io.FixedLenFeature([seq], tf.int64),
+        "segment_ids": tf.io.FixedLenFeature([seq], tf.int64),
+        "masked_lm_positions": tf.io.FixedLenFeature([pred], tf.int64),
+        "masked_lm_ids": tf.io.FixedLenFeature([pred], tf.int64),
+        "masked_lm_weights": tf.io.FixedLenFeature([pred], tf.float32),
+        "next_sentence_labels": tf.io.FixedLenFeature([1], tf.int64),
+    }
+
+
+@pytest.mark.parametrize("seq,pred,vocab_size", [(128, 20, 30522), (8, 5, 300)])
+def test_encoder_matches_protobuf_byte_for_byte(seq, pred, vocab_size):
+    encoder = tfrecords.ExampleEncoder(seq, pred, vocab_size)
+    rng = random.Random(seq)
+    for _ in range(300):
+        inst = _instance(rng, seq, pred, vocab_size)
+        values = tfrecords.example_features(*inst, seq, pred)
+        ours = encoder.encode(*inst)
+        assert ours == _proto(values).SerializeToString(deterministic=True)
+        assert tf.train.Example.FromString(ours) == _proto(values)
+
+
+def test_encoder_refuses_overlong_instances():
+    encoder = tfrecords.ExampleEncoder(8, 2, 100)
+    with pytest.raises(ValueError):
+        encoder.encode(list(range(9)), 2, 0, [1], [1])
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_write_tf_records_shards_parse_with_bert_spec(tmp_path, compression):
+    seq, pred = 16, 3
+    rng = random.Random(0)
+    instances = [_instance(rng, seq, pred, 50) for _ in range(40)]
+    masked = [
+        masking.MaskedInstance(ids, num_a, label, pos, orig)
+        for ids, num_a, label, pos, orig in instances
+    ]
+    with TestPipeline() as p:
+        _ = (
+            p
+            | beam.Create(masked)
+            | tfrecords.WriteTfRecords(
+                output_dir=str(tmp_path),
+                max_seq_length=seq,
+                max_predictions_per_seq=pred,
+                vocab_size=50,
+                num_shards=3,
+                compression=compression,
+            )
+        )
+    suffix = tfrecords.shard_suffix(compression)
+    files = sorted(glob.glob(os.path.join(tmp_path, "*")))
+    assert [os.path.basename(f) for f in files] == [
+        f"pretraining-0000{i}-of-00003{suffix}" for i in range(3)
+    ]
+    ds = tf.data.TFRecordDataset(
+        files, compression_type="GZIP" if compression == "gzip" else ""
+    ).map(lambda r: tf.io.parse_single_example(r, bert_reader_spec(seq, pred)))
+    got = sorted(
+        (tuple(x["input_ids"].numpy()), tuple(x["masked_lm_ids"].numpy())) for x in ds
+    )
+    want = sorted(
+        (
+            tuple(ids + [0] * (seq - len(ids))),
+            tuple(orig + [0] * (pred - len(orig))),
+        )
+        for ids, _, _, _, orig in instances
+    )
+    assert got == want
