@@ -1,0 +1,184 @@
+"""Export a fine-tuned classifier as one SavedModel: raw strings in.
+
+    python -m model.export --model_dir=out/sst2 --export_dir=out/sst2_serving
+
+The SavedModel's `serving_default` signature takes `text` (tf.string
+`[None]`) and returns `label` (int64 `[None]`, the class id) and
+`probabilities` (float32 `[None, num_labels]`, softmax). The tokenizer
+runs inside the graph: `configs.tokenization.build_tokenizer` (the
+vocabulary is baked into the FastBertTokenizer model constant) and
+`pack_classification_inputs` (the code the Beam data job runs), truncating
+to `export.max_seq_length`. A second signature, `tokenize`, returns the
+packed int64 `input_ids`/`input_mask`/`segment_ids` so parity with the data
+job can be checked on the served artifact itself.
+
+Written with `keras.export.ExportArchive`, which TF Serving's session-based
+loader accepts (a hand-written `tf.Module` failed there with "Could not
+find variable"). Loading needs only `tensorflow` and `tensorflow_text`
+(for the tokenizer ops). `assets.extra/labels.json` holds the label values
+and names, `assets.extra/vocab.txt` a copy of the vocabulary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from configs import features
+from configs.loader import load_resolved
+from configs.schema import ConfigError
+
+SERVING_SIGNATURE = "serving_default"
+TOKENIZE_SIGNATURE = "tokenize"
+TEXT_INPUT = "text"
+LABEL_OUTPUT = "label"
+PROBABILITIES_OUTPUT = "probabilities"
+LABELS_FILE = "labels.json"  # in assets.extra/
+
+
+def export_classifier(
+    classifier,
+    export_dir: str,
+    *,
+    vocab: list[str],
+    do_lower_case: bool,
+    max_seq_length: int,
+    labels: list[str],
+    label_names: list[str] = (),
+) -> str:
+    """Writes `classifier` with an in-graph tokenizer as a SavedModel.
+
+    Args:
+        classifier: a `BertClassifier` (any Keras model taking the packed
+            int32 dict and returning logits `[batch, num_labels]`).
+        export_dir: where to write the SavedModel.
+        vocab: list[str], the vocabulary the model was trained with.
+        do_lower_case: bool, as in training.
+        max_seq_length: int, longer inputs are truncated to this.
+        labels: label values in id order (label id i = `labels[i]`).
+        label_names: optional human names, one per label.
+
+    Returns:
+        `export_dir`.
+    """
+    import keras
+    import tensorflow as tf
+
+    from model.text_data import TextPacker, to_model_inputs
+
+    packer = TextPacker(vocab, do_lower_case, max_seq_length)
+    text_spec = tf.TensorSpec([None], tf.string, name=TEXT_INPUT)
+
+    def serve(text):
+        logits = classifier(to_model_inputs(packer(text)), training=False)
+        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        return {
+            LABEL_OUTPUT: tf.argmax(probabilities, axis=-1, output_type=tf.int64),
+            PROBABILITIES_OUTPUT: probabilities,
+        }
+
+    def tokenize(text):
+        return dict(packer(text))
+
+    archive = keras.export.ExportArchive()
+    archive.track(classifier)
+    archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[text_spec])
+    archive.add_endpoint(TOKENIZE_SIGNATURE, tokenize, input_signature=[text_spec])
+    archive.write_out(export_dir, verbose=False)
+
+    extra = os.path.join(export_dir, "assets.extra")
+    tf.io.gfile.makedirs(extra)
+    with tf.io.gfile.GFile(os.path.join(extra, LABELS_FILE), "w") as f:
+        f.write(
+            json.dumps(
+                {
+                    "labels": list(labels),
+                    "label_names": list(label_names),
+                    "max_seq_length": max_seq_length,
+                    "do_lower_case": do_lower_case,
+                },
+                indent=2,
+            )
+        )
+    with tf.io.gfile.GFile(os.path.join(extra, "vocab.txt"), "w") as f:
+        f.write("\n".join(vocab) + "\n")
+    return export_dir
+
+
+def load_finetuned(model_dir: str):
+    """Rebuilds the fine-tuned classifier of `model_dir` with its best weights.
+
+    Returns:
+        (classifier, cfg, vocab list).
+    """
+    from model.bert_backbone import BertBackbone
+    from model.bert_classifier import BertClassifier
+    from model.finetune import BEST_WEIGHTS_FILE
+
+    cfg = load_resolved(model_dir)
+    weights = os.path.join(model_dir, BEST_WEIGHTS_FILE)
+    if not os.path.exists(weights):
+        raise ConfigError(f"{model_dir} has no {BEST_WEIGHTS_FILE}: fine-tune first")
+    if not cfg.finetune.labels:
+        raise ConfigError(f"{model_dir}/config.yaml lists no finetune.labels")
+    vocab_path = cfg.data.vocab_file
+    if not os.path.isabs(vocab_path) and "://" not in vocab_path:
+        vocab_path = os.path.join(model_dir, vocab_path)
+    vocab = features.read_vocab(vocab_path)
+    backbone = BertBackbone.from_model_config(cfg.model)
+    classifier = BertClassifier(
+        backbone, len(cfg.finetune.labels), dropout=cfg.finetune.dropout
+    )
+    classifier.load_weights(weights)
+    return classifier, cfg, vocab
+
+
+def run(argv=None) -> str:
+    """Exports `--model_dir`'s best weights to `--export_dir`; returns it."""
+    parser = argparse.ArgumentParser(
+        prog="python -m model.export",
+        description="Fine-tuned model_dir -> raw-string SavedModel.",
+    )
+    parser.add_argument("--model_dir", required=True)
+    parser.add_argument("--export_dir", required=True)
+    parser.add_argument(
+        "--max_seq_length", type=int, default=0, help="0 = the config's"
+    )
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise ConfigError(f"unknown flag(s): {' '.join(unknown)}")
+    classifier, cfg, vocab = load_finetuned(args.model_dir)
+    max_seq_length = args.max_seq_length or cfg.export.max_seq_length
+    if not 8 <= max_seq_length <= cfg.model.max_sequence_length:
+        raise ConfigError(
+            f"max_seq_length {max_seq_length} must be in "
+            f"[8, {cfg.model.max_sequence_length}]"
+        )
+    export_classifier(
+        classifier,
+        args.export_dir,
+        vocab=vocab,
+        do_lower_case=cfg.data.do_lower_case,
+        max_seq_length=max_seq_length,
+        labels=list(cfg.finetune.labels),
+        label_names=list(cfg.export.label_names),
+    )
+    print(
+        f"exported {args.model_dir} -> {args.export_dir} (signature "
+        f"{SERVING_SIGNATURE}: {TEXT_INPUT} string [None] -> {LABEL_OUTPUT} int64 "
+        f"[None], {PROBABILITIES_OUTPUT} float32 [None, {len(cfg.finetune.labels)}])"
+    )
+    return args.export_dir
+
+
+def main(argv=None):
+    try:
+        run(argv)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""Loop pieces shared by pretraining and fine-tuning (TensorFlow).
+
+- `choose_fast_path`: the one place that picks precision and XLA per size
+  and device when the config says `auto`.
+- `apply_gradients`: cross-replica sum, global-norm clip, loss-scale aware
+  apply, valid under every `tf.distribute` strategy.
+- `CheckpointState`: `tf.train.CheckpointManager` over model, optimizer and
+  step; automatic resume from `model_dir`.
+- `MetricsLogger`: `metrics.jsonl` + TensorBoard scalars (chief only).
+- `ProgressPrinter`: one console line per log step with throughput and ETA.
+- `plot_metrics`: PNG of the loss/accuracy curves (matplotlib Agg).
+"""
+
+import json
+import os
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "metrics.png"
+CHECKPOINT_SUBDIR = "checkpoints"
+TENSORBOARD_SUBDIR = "logs"
+
+
+def choose_fast_path(precision, jit_compile, hidden_dim, device, num_replicas):
+    """Resolves `auto` precision / XLA settings to what runs fastest.
+
+    Measured on this project's 2-core Xeon with AMX (benchmarks/
+    train_throughput.py): small models (hidden <= 128) are overhead-bound,
+    so float32 + XLA (fused kernels, fewer op launches) wins; larger ones are
+    matmul-bound and bfloat16 on oneDNN/AMX wins, while XLA's CPU backend does
+    not use the bf16 AMX kernels, so no XLA with bf16 on CPU. GPUs and TPUs:
+    bfloat16 with XLA. XLA does not combine with MirroredStrategy over
+    logical CPUs, so multi-replica CPU runs never get it.
+
+    Args:
+        precision: "auto" | "float32" | "mixed_bfloat16" | "mixed_float16".
+        jit_compile: "auto" | "true" | "false".
+        hidden_dim: int, the model width.
+        device: "cpu" | "gpu" | "tpu".
+        num_replicas: int, replicas in sync.
+
+    Returns:
+        (dtype policy name, bool jit_compile).
+    """
+    if precision == "auto":
+        if device in ("gpu", "tpu"):
+            precision = "mixed_bfloat16"
+        elif hidden_dim <= 128 or not _cpu_has_bf16():
+            precision = "float32"
+        else:
+            precision = "mixed_bfloat16"
+    if jit_compile == "auto":
+        if device == "tpu":
+            jit = False  # TPUStrategy compiles everything anyway
+        elif device == "gpu":
+            jit = True
+        else:
+            jit = num_replicas == 1 and precision == "float32"
+    else:
+        jit = jit_compile == "true"
+    return precision, jit
+
+
+def _cpu_has_bf16():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def apply_gradients(optimizer, loss, tape, variables, clipnorm, num_replicas):
+    """Computes, sums, clips and applies gradients (in replica context).
+
+    Gradients are summed across replicas here so that clipping uses the
+    global norm of the global gradient (google-research/bert's
+    `clip_by_global_norm`). Keras' TF optimizer sums per-replica gradients
+    again in `apply`, so each replica hands it `sum / num_replicas`.
+
+    Args:
+        optimizer: Keras optimizer (maybe a `LossScaleOptimizer`).
+        loss: this replica's share of the global loss (already divided by
+            the global batch), NOT yet loss-scaled.
+        tape: the `tf.GradientTape` that recorded `loss` (loss scaling for
+            float16 happens here, by seeding backprop with the scale).
+        variables: trainable variables.
+        clipnorm: float; <= 0 disables clipping.
+        num_replicas: int.
+
+    Returns the global gradient norm (before clipping).
+    """
+    scale = None
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        # Seeding backprop with the scale == differentiating loss * scale,
+        # which keeps float16 gradients above underflow.
+        scale = tf.cast(tf.convert_to_tensor(optimizer.dynamic_scale), loss.dtype)
+        grads = tape.gradient(loss, variables, output_gradients=scale)
+    else:
+        grads = tape.gradient(loss, variables)
+    grads = [tf.convert_to_tensor(g) for g in grads]
+    if num_replicas > 1:
+        context = tf.distribute.get_replica_context()
+        grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    if scale is not None:
+        grads = [g / scale for g in grads]
+    norm = tf.linalg.global_norm(grads)
+    if clipnorm and clipnorm > 0:
+        grads, _ = tf.clip_by_global_norm(grads, clipnorm, use_norm=norm)
+    if scale is not None:
+        grads = [g * scale for g in grads]  # the optimizer unscales
+    if num_replicas > 1:
+        grads = [g / num_replicas for g in grads]
+    optimizer.apply_gradients(zip(grads, variables))
+    return norm
+
+
+class CheckpointState:
+    """Checkpoints of (model, optimizer, step) in `model_dir/checkpoints`.
+
+    `restore()` loads the latest checkpoint if any (automatic resume) and
+    returns the step to continue from. On a multi-worker non-chief, saving
+    goes to a private temp directory (every worker must take part in the
+    save; only the chief's copy is kept), as TF's multi-worker guide says.
+    """
+
+    def __init__(self, model_dir, *, model, optimizer, keep, is_chief=True):
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, step=self.step
+        )
+        self.directory = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+        self.is_chief = is_chief
+        write_dir = self.directory
+        if not is_chief:
+            write_dir = os.path.join(model_dir, ".tmp_worker", str(os.getpid()))
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, write_dir, max_to_keep=keep
+        )
+
+    def restore(self):
+        latest = tf.train.latest_checkpoint(self.directory)
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        return int(self.step.numpy()), latest
+
+    def save(self, step):
+        self.step.assign(step)
+        path = self.manager.save(checkpoint_number=step)
+        if not self.is_chief:
+            tf.io.gfile.rmtree(self.manager.directory)
+        return path
+
+
+class MetricsLogger:
+    """Appends to `model_dir/metrics.jsonl` and writes TensorBoard scalars.
+
+    On resume, lines past the restored step (logged after the last save of
+    the killed run) are dropped so each step appears once.
+    """
+
+    def __init__(self, model_dir, *, is_chief=True, resume_step=0):
+        self.enabled = is_chief
+        self.path = os.path.join(model_dir, METRICS_FILE)
+        if not self.enabled:
+            return
+        tf.io.gfile.makedirs(model_dir)
+        if tf.io.gfile.exists(self.path):
+            kept = [
+                line
+                for line in read_metrics(self.path)
+                if line.get("step", 0) <= resume_step
+            ]
+            with tf.io.gfile.GFile(self.path, "w") as f:
+                f.writelines(json.dumps(line) + "\n" for line in kept)
+        self.writer = tf.summary.create_file_writer(
+            os.path.join(model_dir, TENSORBOARD_SUBDIR, "train")
+        )
+
+    def log(self, step, values):
+        if not self.enabled:
+            return
+        record = {"step": int(step)}
+        record.update({k: float(v) for k, v in values.items()})
+        with tf.io.gfile.GFile(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        with self.writer.as_default(step=int(step)):
+            for key, value in values.items():
+                write_scalar(key, float(value), int(step))
+        self.writer.flush()
+
+
+def write_scalar(tag, value, step):
+    """A TensorBoard scalar without importing the `tensorboard` package.
+
+    Writes what `tf.summary.scalar` writes (plugin "scalars", float32
+    scalar tensor) through the core `tf.summary.write` op, so logging
+    works where only TensorFlow is installed.
+    """
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+    )
+    tf.summary.write(
+        tag,
+        tf.constant(value, tf.float32),
+        step=step,
+        metadata=metadata.SerializeToString(),
+    )
+
+
+def read_metrics(path):
+    """The records of a `metrics.jsonl` file (list of dicts)."""
+    with tf.io.gfile.GFile(path, "r") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class ProgressPrinter:
+    """Console progress: step, loss, accuracy, examples/s and ETA."""
+
+    def __init__(self, total_steps, start_step, stream=None, enabled=True):
+        self.total_steps = total_steps
+        self.start_step = start_step
+        self.start_time = time.time()
+        self.stream = stream or sys.stdout
+        self.enabled = enabled
+
+    def update(self, step, values):
+        if not self.enabled:
+            return
+        elapsed = time.time() - self.start_time
+        done = max(step - self.start_step, 1)
+        eta = elapsed / done * (self.total_steps - step)
+        parts = [f"step {step}/{self.total_steps}"]
+        parts += [
+            f"{k} {values[k]:.4f}"
+            for k in ("loss", "mlm_accuracy", "sentence_accuracy", "accuracy")
+            if k in values
+        ]
+        if "examples_per_second" in values:
+            parts.append(f"{values['examples_per_second']:.1f} ex/s")
+        parts.append(f"ETA {_format_seconds(eta)}")
+        print(" | ".join(parts), file=self.stream, flush=True)
+
+
+def _format_seconds(seconds):
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def plot_metrics(metrics_path, png_path, keys=None):
+    """Plots losses and accuracies from `metrics.jsonl` into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    if not records:
+        return None
+    keys = keys or sorted(
+        {k for r in records for k in r if k.endswith(("loss", "accuracy"))}
+    )
+    losses = [k for k in keys if k.endswith("loss")]
+    accuracies = [k for k in keys if k.endswith("accuracy")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, group, title in (
+        (axes[0], losses, "loss"),
+        (axes[1], accuracies, "accuracy"),
+    ):
+        for key in group:
+            points = [(r["step"], r[key]) for r in records if key in r]
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        if group:
+            ax.legend()
+    fig.tight_layout()
+    with tf.io.gfile.GFile(png_path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return png_path
