@@ -162,6 +162,12 @@ def _coerce(value, target_type, key, source):
     elif target_type is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        # YAML 1.1 reads "5e-5" (no dot) as a string; accept it as a float.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif target_type is str:
         if isinstance(value, str):
             return value
