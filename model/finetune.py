@@ -178,11 +178,7 @@ def resolve_config(args, overrides):
             f"vocabulary {vocab_path} has {len(vocab)} tokens but the "
             f"checkpoint's embedding has {cfg.model.vocabulary_size} rows"
         )
-    cfg = cfg.replace(
-        data=dataclasses.replace(
-            cfg.data, vocab_file=vocab_path, max_seq_length=cfg.finetune.max_seq_length
-        )
-    )
+    cfg = cfg.replace(data=dataclasses.replace(cfg.data, vocab_file=vocab_path))
     return cfg.validate(), init, vocab, vocab_path
 
 
@@ -268,19 +264,9 @@ def prepare_data(cfg, train_path, eval_path, vocab, vocab_path, model_dir):
             split.rows.drop_unknown_labels(labels)
     if not labels and train.rows is not None:
         labels = labelled_text.sort_labels(train.rows.labels)
-    train_labels, eval_labels = _labels_of(train), _labels_of(evaluation)
-    if train_labels is not None and eval_labels is not None:
-        if train_labels != eval_labels:
-            raise ConfigError(
-                "label sets differ between train "
-                f"({', '.join(labelled_text.sort_labels(train_labels))}) and eval "
-                f"({', '.join(labelled_text.sort_labels(eval_labels))})"
-            )
-    packer = None
-    datasets = []
+    # Bad rows: dead-letter file + count; no usable row is an error.
     for split, role in ((train, "train"), (evaluation, "eval")):
         if split.rows is None:
-            datasets.append(split.dataset)
             continue
         dead_letter = os.path.join(model_dir, f"dead_letter_{role}.jsonl")
         text_data.write_dead_letter(dead_letter, split.rows.bad)
@@ -294,6 +280,20 @@ def prepare_data(cfg, train_path, eval_path, vocab, vocab_path, model_dir):
                 f"{split.path}: no usable rows ({bad} bad, see {dead_letter})"
             )
         split.num_examples = len(split.rows)
+    train_labels, eval_labels = _labels_of(train), _labels_of(evaluation)
+    if train_labels is not None and eval_labels is not None:
+        if train_labels != eval_labels:
+            raise ConfigError(
+                "label sets differ between train "
+                f"({', '.join(labelled_text.sort_labels(train_labels))}) and eval "
+                f"({', '.join(labelled_text.sort_labels(eval_labels))})"
+            )
+    packer = None
+    datasets = []
+    for split in (train, evaluation):
+        if split.rows is None:
+            datasets.append(split.dataset)
+            continue
         if packer is None:
             packer = text_data.TextPacker(
                 vocab, cfg.data.do_lower_case, cfg.finetune.max_seq_length

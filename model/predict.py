@@ -18,6 +18,9 @@ import json
 import os
 import sys
 
+# Quiet TensorFlow's C++ start-up logs; stdout carries only JSON lines.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 LABELS_FILE = os.path.join("assets.extra", "labels.json")
 
 

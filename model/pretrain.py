@@ -310,15 +310,21 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint=""):
     if jit:
         replica_step = tf.function(replica_step, jit_compile=True)
 
+    metric_keys = ("loss", "mlm_loss", "sentence_loss", "mlm_accuracy")
+    metric_keys += ("sentence_accuracy",)
+
     @tf.function
     def train_loop(iterator, num_steps):
-        losses = strategy.run(replica_step, args=(next(iterator),))
-        for _ in tf.range(num_steps - 1):
-            losses = strategy.run(replica_step, args=(next(iterator),))
-        return {
-            k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-            for k, v in losses.items()
-        }
+        # `num_steps` steps in one call (steps_per_loop); the replica step
+        # is traced once. Returns the last step's global metrics.
+        values = {k: tf.constant(0.0) for k in metric_keys}
+        for _ in tf.range(num_steps):
+            shares = strategy.run(replica_step, args=(next(iterator),))
+            values = {
+                k: strategy.reduce(tf.distribute.ReduceOp.SUM, shares[k], axis=None)
+                for k in metric_keys
+            }
+        return values
 
     # === Loop: log, checkpoint, progress ===
     logger = training.MetricsLogger(model_dir, is_chief=chief, resume_step=start_step)

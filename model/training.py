@@ -176,7 +176,7 @@ class MetricsLogger:
                 if line.get("step", 0) <= resume_step
             ]
             with tf.io.gfile.GFile(self.path, "w") as f:
-                f.writelines(json.dumps(line) + "\n" for line in kept)
+                f.write("".join(json.dumps(line) + "\n" for line in kept))
         self.writer = tf.summary.create_file_writer(
             os.path.join(model_dir, TENSORBOARD_SUBDIR, "train")
         )

@@ -1,7 +1,6 @@
-"""Tiny pretraining records written by the tests themselves."""
+"""Tiny pretraining records written by the tests themselves (a helper module)."""
 
 import numpy as np
-import pytest
 
 from configs import features
 from configs.metadata import write_metadata
@@ -149,8 +148,3 @@ def tiny_flags(data, model_dir, **extra):
     ]:
         argv.append(f"--set={key}={value}")
     return argv
-
-
-@pytest.fixture
-def records_dir(tmp_path):
-    return write_records(tmp_path / "records")

@@ -1,0 +1,235 @@
+"""Tests for model/finetune.py and model/text_data.py (tiny model, few steps)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from configs import features
+from configs.loader import dump_config, load_config, load_resolved
+from configs.schema import ConfigError
+from model import finetune, text_data
+from model.bert_backbone import ENCODER_WEIGHTS_FILE, BertBackbone
+
+TINY = [
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.hidden_dim=16",
+    "model.intermediate_dim=32",
+    "model.max_sequence_length=32",
+    "model.dropout=0.0",
+    "finetune.max_seq_length=16",
+    "data.max_seq_length=32",
+    "finetune.batch_size=4",
+]
+GOOD = ["the movie was good", "a great film", "wonderful", "good good film"]
+BAD = ["a terrible movie", "bad film", "not good at all", "the film was bad"]
+
+
+def _write_tsv(path, rows, header="sentence\tlabel"):
+    path.write_text(header + "\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
+    return str(path)
+
+
+@pytest.fixture
+def sst_files(tmp_path):
+    train = [(t, 1) for t in GOOD] + [(t, 0) for t in BAD]
+    train += [("", 1)]  # missing text: a bad row
+    dev = [(GOOD[0], 1), (BAD[0], 0), (BAD[1], 0)]
+    return _write_tsv(tmp_path / "train.tsv", train), _write_tsv(
+        tmp_path / "dev.tsv", dev
+    )
+
+
+def _args(train, dev, model_dir, vocab_file, *extra):
+    args = [
+        "--config=configs/finetune/sst2.yaml",
+        f"--train={train}",
+        f"--eval={dev}",
+        f"--model_dir={model_dir}",
+        f"--vocab={vocab_file}",
+    ]
+    return args + [f"--set={s}" for s in TINY] + list(extra)
+
+
+# === Pure pieces ===
+def test_classification_metrics():
+    m = finetune.classification_metrics([0, 0, 1, 1], [0, 1, 1, 1], 2)
+    assert m["accuracy"] == pytest.approx(0.75)
+    # F1(0) = 2/3, F1(1) = 4/5.
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert finetune.mean_std([0.8, 0.9]) == pytest.approx((0.85, 0.0707106), rel=1e-5)
+    assert finetune.mean_std([0.5]) == (0.5, 0.0)
+
+
+def test_read_labelled_file_counts_bad_rows(tmp_path):
+    path = tmp_path / "x.tsv"
+    path.write_bytes(b'sentence\tlabel\na "quote\t1\n\xff\t0\nno label\t\n\nfine\t0\n')
+    rows = text_data.read_labelled_file(
+        str(path), text_column="sentence", label_column="label"
+    )
+    assert rows.texts_a == ['a "quote', "fine"]
+    assert rows.labels == ["1", "0"]
+    assert [b["reason"] for b in rows.bad] == ["undecodable-bytes", "missing-label"]
+    assert [b["line_number"] for b in rows.bad] == [3, 4]
+    assert rows.blank == 1
+    rows.drop_unknown_labels(["1"])
+    assert rows.texts_a == ['a "quote'] and rows.bad[-1]["reason"] == "unknown-label"
+
+
+def test_tokenized_dataset_matches_packer(vocab_tokens):
+    rows = text_data.LabelledRows("x", ["the dog", "good film"], None, ["1", "0"], [])
+    packer = text_data.TextPacker(vocab_tokens, True, 8)
+    out = list(text_data.tokenized_dataset(rows, [1, 0], packer))
+    ids = {t: i for i, t in enumerate(vocab_tokens)}
+    first, label = out[0]
+    assert int(label) == 1
+    assert first["input_ids"].numpy().tolist() == [
+        ids["[CLS]"],
+        ids["the"],
+        ids["dog"],
+        ids["[SEP]"],
+        0,
+        0,
+        0,
+        0,
+    ]
+    assert first["input_ids"].dtype.name == "int32"
+
+
+# === Runs ===
+def test_finetune_from_scratch_two_seeds(tmp_path, sst_files, vocab_file, capsys):
+    model_dir = tmp_path / "ft"
+    result = finetune.run(
+        _args(*sst_files, model_dir, vocab_file, "--max_steps=2", "--seeds=2")
+    )
+    out = capsys.readouterr().out
+    assert "encoder starts from random weights" in out
+    assert "1 bad row(s)" in out
+    assert "over 2 seeds" in out
+    assert result["seeds"] == [0, 1] and len(result["runs"]) == 2
+    assert 0.0 <= result["accuracy_mean"] <= 1.0 and result["accuracy_std"] >= 0.0
+    for seed in (0, 1):
+        assert (model_dir / f"seed_{seed}" / finetune.BEST_WEIGHTS_FILE).exists()
+    assert (model_dir / finetune.BEST_WEIGHTS_FILE).exists()
+    assert (model_dir / finetune.VOCAB_FILE).read_text() == open(vocab_file).read()
+    saved = json.loads((model_dir / finetune.EVAL_METRICS_FILE).read_text())
+    assert saved["accuracy_mean"] == result["accuracy_mean"]
+    cfg = load_resolved(str(model_dir))
+    assert cfg.finetune.labels == ("0", "1")
+    assert cfg.export.label_names == ("negative", "positive")
+    assert cfg.model.vocabulary_size == len(open(vocab_file).read().split())
+    dead = (model_dir / "dead_letter_train.jsonl").read_text().splitlines()
+    assert [json.loads(d)["reason"] for d in dead] == ["missing-text"]
+
+
+def _pretraining_dir(tmp_path, vocab_file, hidden_dim=8):
+    """A pretraining model_dir as model.pretrain writes it."""
+    n = len(features.read_vocab(vocab_file))
+    cfg = load_config(
+        [],
+        [
+            f"model.vocabulary_size={n}",
+            "model.num_layers=1",
+            "model.num_heads=2",
+            f"model.hidden_dim={hidden_dim}",
+            "model.intermediate_dim=16",
+            "model.max_sequence_length=32",
+            "data.max_seq_length=32",
+            "finetune.max_seq_length=32",
+        ],
+    )
+    path = tmp_path / "pretrain"
+    dump_config(cfg, str(path))
+    backbone = BertBackbone.from_model_config(cfg.model)
+    backbone.save_weights(str(path / ENCODER_WEIGHTS_FILE))
+    return str(path), backbone
+
+
+def test_finetune_from_pretraining_checkpoint(tmp_path, sst_files, vocab_file, capsys):
+    ckpt, backbone = _pretraining_dir(tmp_path, vocab_file, hidden_dim=8)
+    model_dir = tmp_path / "ft"
+    finetune.run(
+        _args(
+            *sst_files,
+            model_dir,
+            vocab_file,
+            f"--init_checkpoint={ckpt}",
+            "--max_steps=1",
+            "--learning_rate=1e-12",
+        )
+    )
+    out = capsys.readouterr().out
+    assert f"encoder starts from ours checkpoint {ckpt}" in out
+    cfg = load_resolved(str(model_dir))
+    # Sizes from the checkpoint's config.yaml, not TINY's hidden_dim=16.
+    assert cfg.model.hidden_dim == 8
+    # The pretrained encoder was loaded (an lr of 1e-12 leaves it unchanged).
+    from model.export import load_finetuned
+
+    classifier, _, _ = load_finetuned(str(model_dir))
+    np.testing.assert_allclose(
+        classifier.backbone.token_embedding.embeddings.numpy(),
+        backbone.token_embedding.embeddings.numpy(),
+        atol=1e-6,
+    )
+
+
+def test_finetune_on_classification_records(tmp_path, sst_files, vocab_file):
+    from pipelines import classification_data
+
+    records = tmp_path / "records"
+    classification_data.run(
+        [
+            f"--input={sst_files[0]}",
+            f"--vocab={vocab_file}",
+            f"--output_dir={records}",
+            "--max_seq_length=16",
+        ]
+    )
+    result = finetune.run(
+        _args(str(records), sst_files[1], tmp_path / "ft", vocab_file, "--max_steps=1")
+    )
+    assert result["num_train"] == 8 and result["labels"] == ["0", "1"]
+    # Records made for another sequence length stop before training.
+    with pytest.raises(ConfigError, match="max_seq_length is 16 in the records"):
+        finetune.run(
+            _args(
+                str(records),
+                sst_files[1],
+                tmp_path / "ft2",
+                vocab_file,
+                "--set=finetune.max_seq_length=24",
+            )
+        )
+
+
+def test_label_sets_that_differ_stop_with_one_line(tmp_path, vocab_file):
+    train = _write_tsv(tmp_path / "t.tsv", [("good", "pos"), ("bad", "neg")])
+    dev = _write_tsv(tmp_path / "d.tsv", [("good", "positive"), ("bad", "neg")])
+    args = _args(train, dev, tmp_path / "ft", vocab_file, "--set=finetune.labels=[]")
+    with pytest.raises(ConfigError, match="label sets differ between train"):
+        finetune.run(args)
+
+
+def test_no_usable_rows_and_bad_flags(tmp_path, sst_files, vocab_file):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"sentence": "x"}\n{broken\n')
+    with pytest.raises(ConfigError, match="no usable rows"):
+        finetune.run(_args(str(empty), sst_files[1], tmp_path / "ft", vocab_file))
+    with pytest.raises(ConfigError, match="not in the header"):
+        finetune.run(
+            _args(
+                *sst_files, tmp_path / "ft", vocab_file, "--set=finetune.text_column=x"
+            )
+        )
+    with pytest.raises(ConfigError, match="neither a pretraining model_dir"):
+        finetune.run(
+            _args(
+                *sst_files, tmp_path / "ft", vocab_file, f"--init_checkpoint={tmp_path}"
+            )
+        )
+    with pytest.raises(ConfigError, match="unknown flag"):
+        finetune.run(_args(*sst_files, tmp_path / "ft", vocab_file, "--epoch=3"))
