@@ -139,6 +139,7 @@ def run(argv=None) -> str:
     """Exports `--model_dir`'s best weights to `--export_dir`; returns it."""
     parser = argparse.ArgumentParser(
         prog="python -m model.export",
+        allow_abbrev=False,
         description="Fine-tuned model_dir -> raw-string SavedModel.",
     )
     parser.add_argument("--model_dir", required=True)

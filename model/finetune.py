@@ -60,6 +60,7 @@ EVAL_BATCH_SIZE = 256
 def _parse_flags(argv):
     parser = argparse.ArgumentParser(
         prog="python -m model.finetune",
+        allow_abbrev=False,
         description="Fine-tune BERT for sentence classification.",
     )
     parser.add_argument("--config", action="append", default=[], help="YAML file")
