@@ -1,0 +1,208 @@
+"""Flags of `python -m pipelines.pretraining_data`, checked before any work.
+
+Our flags become a typed `PretrainingDataSettings` (the data settings are a
+`configs.schema.DataConfig`, validated by it); every other flag goes to
+Beam's `PipelineOptions` (`--runner`, `--direct_num_workers`, Dataflow's
+`--project`/`--region`/`--temp_location`/`--setup_file`, ...), as in Beam's
+wordcount. A flag neither we nor Beam know is an error, not a warning lost
+in the log. Every error is one line, `error: ...` on stderr, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from configs import features
+from configs.schema import ConfigError, DataConfig
+from pipelines import corpus, tfrecords
+
+DEFAULT_NUM_SHARDS = 16
+
+
+class UsageError(Exception):
+    """A bad flag or argument: reported as one line before any work."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + error
+        raise UsageError(message)
+
+
+def parse_bool(value: str) -> bool:
+    lowered = str(value).strip().lower()
+    if lowered in ("1", "true", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainingDataSettings:
+    """Everything the job needs besides Beam's options."""
+
+    data: DataConfig  # the record settings (written to config.yaml)
+    input: str  # glob or comma-separated globs
+    input_files: tuple  # what they matched, sorted
+    output_dir: str
+    num_shards: int
+    compression: str  # "none" or "gzip"
+    text_field: str  # JSONL field holding a document
+    overwrite: bool
+    vocab: tuple  # the vocabulary's tokens (id = index)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = DataConfig()
+    p = _Parser(
+        prog="python -m pipelines.pretraining_data",
+        description="Raw text -> google-research/bert pretraining TFRecords.",
+        allow_abbrev=False,  # a typo must not silently match one of our flags
+    )
+    add = p.add_argument
+    add("--input", required=True, help="glob or comma-separated globs")
+    add("--vocab", required=True, help="WordPiece vocab.txt")
+    add("--output_dir", required=True, help="directory for shards + metadata")
+    add("--max_seq_length", type=int, default=d.max_seq_length)
+    add("--max_predictions_per_seq", type=int, default=d.max_predictions_per_seq)
+    add("--masked_lm_prob", type=float, default=d.masked_lm_prob)
+    add("--short_seq_prob", type=float, default=d.short_seq_prob)
+    add("--dupe_factor", type=int, default=d.dupe_factor)
+    add("--sentence_task", default=d.sentence_task, choices=features.SENTENCE_TASKS)
+    add("--whole_word_mask", type=parse_bool, nargs="?", const=True, default=False)
+    add("--do_lower_case", type=parse_bool, nargs="?", const=True, default=True)
+    add("--random_tokens", default=d.random_tokens, choices=("ordinary", "any"))
+    add("--seed", type=int, default=d.seed)
+    add("--bucket_size", type=int, default=d.bucket_size)
+    add("--num_shards", type=int, default=DEFAULT_NUM_SHARDS)
+    add("--compression", default="none", choices=tfrecords.COMPRESSIONS)
+    add("--text_field", default="text", help="JSONL field with the text")
+    add("--overwrite", type=parse_bool, nargs="?", const=True, default=False)
+    return p
+
+
+def unknown_beam_flags(beam_args: list[str]) -> list[str]:
+    """The flags in `beam_args` that no Beam `PipelineOptions` class knows.
+
+    Beam itself only logs "Discarding unparseable args" for them; the same
+    parser as `PipelineOptions.get_all_options` finds them here.
+    """
+    from apache_beam.options.pipeline_options import (
+        PipelineOptions,
+        _BeamArgumentParser,
+    )
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    classes = {str(c): c for c in PipelineOptions.__subclasses__()}
+    for cls in classes.values():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(beam_args)
+    return [a for a in unknown if a.startswith("-")] or (unknown[:1] if unknown else [])
+
+
+def parse(argv: list[str] | None):
+    """Returns `(PretrainingDataSettings, PipelineOptions)`.
+
+    Raises:
+        UsageError: one line naming the first problem; nothing has run.
+    """
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, beam_args = build_parser().parse_known_args(argv)
+    unknown = unknown_beam_flags(beam_args)
+    if unknown:
+        raise UsageError(f"unknown flag(s): {' '.join(unknown)}")
+
+    data = DataConfig(
+        max_seq_length=args.max_seq_length,
+        max_predictions_per_seq=args.max_predictions_per_seq,
+        masked_lm_prob=args.masked_lm_prob,
+        short_seq_prob=args.short_seq_prob,
+        dupe_factor=args.dupe_factor,
+        sentence_task=args.sentence_task,
+        whole_word_mask=args.whole_word_mask,
+        do_lower_case=args.do_lower_case,
+        random_tokens=args.random_tokens,
+        seed=args.seed,
+        bucket_size=args.bucket_size,
+        vocab_file=args.vocab,
+    )
+    try:
+        data.validate()
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    wanted = round(args.max_seq_length * args.masked_lm_prob)
+    if args.max_predictions_per_seq < wanted:
+        raise UsageError(
+            f"max_predictions_per_seq {args.max_predictions_per_seq} is too small "
+            f"for max_seq_length {args.max_seq_length} x masked_lm_prob "
+            f"{args.masked_lm_prob} (needs at least {wanted})"
+        )
+    if args.num_shards < 1:
+        raise UsageError("num_shards must be at least 1")
+    if not args.text_field:
+        raise UsageError("text_field must not be empty")
+    if args.seed < 0:
+        raise UsageError("seed must be >= 0")
+
+    if not FileSystems.exists(args.vocab):
+        raise UsageError(f"vocab file {args.vocab} does not exist")
+    try:
+        vocab = features.read_vocab(args.vocab)
+        features.special_token_ids(vocab)
+    except UnicodeDecodeError:
+        raise UsageError(f"vocab file {args.vocab} is not UTF-8 text") from None
+    except ValueError as e:
+        raise UsageError(f"{args.vocab}: {e}") from None
+
+    try:
+        files = corpus.expand_patterns(args.input)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+    if not args.overwrite and _non_empty(args.output_dir):
+        raise UsageError(
+            f"output_dir {args.output_dir} is not empty (pass --overwrite to "
+            "replace its pretraining shards and metadata)"
+        )
+    settings = PretrainingDataSettings(
+        data=data,
+        input=args.input,
+        input_files=tuple(files),
+        output_dir=args.output_dir,
+        num_shards=args.num_shards,
+        compression=args.compression,
+        text_field=args.text_field,
+        overwrite=args.overwrite,
+        vocab=tuple(vocab),
+    )
+    pipeline_options = PipelineOptions(beam_args)
+    _check_runner(pipeline_options)
+    return settings, pipeline_options
+
+
+def _check_runner(pipeline_options) -> None:
+    """Stops on an unknown `--runner` now rather than after setup work."""
+    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.runners.runner import create_runner
+
+    runner = pipeline_options.view_as(StandardOptions).runner
+    if runner is None or not isinstance(runner, str):
+        return
+    try:
+        create_runner(runner)
+    except (ValueError, ImportError) as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+
+
+def _non_empty(directory: str) -> bool:
+    from apache_beam.io.filesystems import FileSystems
+
+    if not FileSystems.exists(directory):
+        return False
+    pattern = FileSystems.join(directory, "*")
+    return bool(FileSystems.match([pattern])[0].metadata_list)

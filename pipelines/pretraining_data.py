@@ -1,0 +1,262 @@
+"""Raw corpora -> google-research/bert pretraining TFRecords + metadata.json.
+
+    python -m pipelines.pretraining_data --input='corpus/*.txt.gz' \\
+        --vocab=vocab.txt --output_dir=out/pretraining [--max_seq_length=128 \\
+        --dupe_factor=10 --sentence_task=nsp|sop --whole_word_mask ...] \\
+        [Beam flags: --runner=DataflowRunner --project=... --region=... \\
+         --temp_location=gs://... --setup_file=./setup.py]
+
+The chain (each stage a PTransform of its own module):
+
+    ReadDocuments        (doc_id, lines)            pipelines/corpus.py
+    TokenizeDocuments    (fingerprint, ids, ends)   pipelines/tokenize.py
+    CreateSentencePairs  Instance                   pipelines/sentence_pairs.py
+    MaskTokens           MaskedInstance             pipelines/masking.py
+    WriteTfRecords       pretraining-SSSSS-of-NNNNN.tfrecord[.gz]
+
+Every random choice derives from (--seed, document fingerprint, round), so
+the same input and seed give the same multiset of records on any runner and
+any number of workers. Flags are checked before any work (one `error:` line,
+exit 2); bad data is counted, never fatal. The totals of every counter go
+into `metadata.json` and a summary printed at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import TestOptions
+
+from configs import features, loader, metadata
+from configs.schema import ExperimentConfig
+from pipelines import corpus, masking, options, sentence_pairs, tfrecords, tokenize
+
+NAMESPACES = (
+    corpus.NAMESPACE,
+    tokenize.NAMESPACE,
+    sentence_pairs.NAMESPACE,
+    masking.NAMESPACE,
+    tfrecords.NAMESPACE,
+)
+
+
+def build_pipeline(p: beam.Pipeline, settings: options.PretrainingDataSettings):
+    """Adds the job's transforms to `p`; returns the written-files PCollection."""
+    data = settings.data
+    special_ids = features.special_token_ids(list(settings.vocab))
+    documents = p | "ReadCorpus" >> corpus.ReadDocuments(
+        file_patterns=settings.input, text_field=settings.text_field
+    )
+    tokenized = documents | "Tokenize" >> tokenize.TokenizeDocuments(
+        vocab_path=data.vocab_file, do_lower_case=data.do_lower_case
+    )
+    instances = tokenized | "CreatePairs" >> sentence_pairs.CreateSentencePairs(
+        special_ids=special_ids,
+        max_seq_length=data.max_seq_length,
+        short_seq_prob=data.short_seq_prob,
+        sentence_task=data.sentence_task,
+        dupe_factor=data.dupe_factor,
+        bucket_size=data.bucket_size,
+        seed=data.seed,
+    )
+    masked = instances | "Mask" >> masking.MaskTokens(
+        vocab_path=data.vocab_file,
+        masked_lm_prob=data.masked_lm_prob,
+        max_predictions_per_seq=data.max_predictions_per_seq,
+        whole_word_mask=data.whole_word_mask,
+        random_tokens=data.random_tokens,
+        mask_token_prob=data.mask_token_prob,
+        random_token_prob=data.random_token_prob,
+    )
+    return masked | "Write" >> tfrecords.WriteTfRecords(
+        output_dir=settings.output_dir,
+        max_seq_length=data.max_seq_length,
+        max_predictions_per_seq=data.max_predictions_per_seq,
+        vocab_size=len(settings.vocab),
+        num_shards=settings.num_shards,
+        compression=settings.compression,
+    )
+
+
+def run_pipeline(settings, pipeline_options) -> beam.runners.runner.PipelineResult:
+    """Builds and runs the pipeline, waits for it; returns Beam's result."""
+    _clear_outputs(settings)
+    p = beam.Pipeline(options=pipeline_options)
+    build_pipeline(p, settings)
+    result = p.run()
+    result.wait_until_finish()
+    return result
+
+
+def counter_totals(result) -> dict | None:
+    """{"Namespace/counter-name": total} of our counters; None when the
+    runner reports no metrics."""
+    try:
+        counters = result.metrics().query(MetricsFilter())["counters"]
+    except Exception:  # runners without metrics support
+        return None
+    totals: dict = {}
+    for c in counters:
+        ns = c.key.metric.namespace
+        if ns in NAMESPACES:
+            name = f"{ns}/{c.key.metric.name}"
+            value = c.committed if c.committed is not None else c.attempted
+            totals[name] = totals.get(name, 0) + (value or 0)
+    return totals or None
+
+
+def _shards(settings) -> list[str]:
+    pattern = FileSystems.join(
+        settings.output_dir,
+        f"{tfrecords.SHARD_PREFIX}-*{tfrecords.shard_suffix(settings.compression)}",
+    )
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def count_records(paths: list[str], compression: str) -> int:
+    """Counts records by reading the shards (when metrics are unavailable)."""
+    import tensorflow as tf
+
+    ds = tf.data.TFRecordDataset(
+        paths, compression_type="GZIP" if compression == "gzip" else ""
+    )
+    return int(ds.reduce(0, lambda n, _: n + 1).numpy())
+
+
+def _clear_outputs(settings) -> None:
+    """With --overwrite: removes our previous shards and metadata, nothing else."""
+    if not FileSystems.exists(settings.output_dir):
+        FileSystems.mkdirs(settings.output_dir)
+        return
+    stale = FileSystems.match(
+        [FileSystems.join(settings.output_dir, f"{tfrecords.SHARD_PREFIX}-*")]
+    )[0].metadata_list
+    paths = [m.path for m in stale]
+    for name in (features.METADATA_FILE, loader.RESOLVED_CONFIG_FILE):
+        path = FileSystems.join(settings.output_dir, name)
+        if FileSystems.exists(path):
+            paths.append(path)
+    if paths:
+        FileSystems.delete(paths)
+
+
+def write_metadata(settings, result, seconds: float) -> dict:
+    """Writes `metadata.json` (+ `config.yaml`) from the run's counters."""
+    data = settings.data
+    shards = _shards(settings)
+    totals = counter_totals(result)
+    written = (totals or {}).get(f"{tfrecords.NAMESPACE}/{tfrecords.RECORDS_WRITTEN}")
+    if written is None:
+        written = count_records(shards, settings.compression)
+    c = totals or {}
+    meta = {
+        "format_version": features.METADATA_FORMAT_VERSION,
+        "kind": "pretraining",
+        "num_examples": int(written),
+        "num_shards": len(shards),
+        "max_seq_length": data.max_seq_length,
+        "max_predictions_per_seq": data.max_predictions_per_seq,
+        "sentence_task": data.sentence_task,
+        "masked_lm_prob": data.masked_lm_prob,
+        "short_seq_prob": data.short_seq_prob,
+        "dupe_factor": data.dupe_factor,
+        "seed": data.seed,
+        "whole_word_mask": data.whole_word_mask,
+        "do_lower_case": data.do_lower_case,
+        "random_tokens": data.random_tokens,
+        "bucket_size": data.bucket_size,
+        "vocab_size": len(settings.vocab),
+        "vocab_sha256": features.vocab_sha256(data.vocab_file),
+        "vocab_file": data.vocab_file,
+        "inputs": [settings.input],
+        "input_files": list(settings.input_files),
+        "compression": settings.compression,
+        "tool_version": metadata.tool_version(),
+        "shards": [s.rsplit("/", 1)[-1] for s in shards],
+        "counters": dict(sorted(c.items())) if totals else None,
+        "label_counts": {
+            str(features.IS_NEXT): c.get(
+                f"{sentence_pairs.NAMESPACE}/{sentence_pairs.PAIRS_ACTUAL_NEXT}", 0
+            ),
+            str(features.NOT_NEXT): c.get(
+                f"{sentence_pairs.NAMESPACE}/{sentence_pairs.PAIRS_RANDOM_NEXT}", 0
+            ),
+        },
+        "seconds": round(seconds, 1),
+    }
+    metadata.write_metadata(settings.output_dir, meta)
+    loader.dump_config(ExperimentConfig(data=data), settings.output_dir)
+    return meta
+
+
+def summary(meta: dict) -> str:
+    """A few lines a person reads at the end of a run."""
+    c = meta.get("counters") or {}
+
+    def get(ns, name):
+        return c.get(f"{ns}/{name}", 0)
+
+    tokens = get(tokenize.NAMESPACE, tokenize.TOKENS)
+    unk = get(tokenize.NAMESPACE, tokenize.TOKENS_UNKNOWN)
+    lines = [
+        f"pretraining_data: {meta['num_examples']} instances in "
+        f"{meta['num_shards']} shard(s) in {meta['seconds']} s",
+        f"  documents: {get(corpus.NAMESPACE, corpus.DOCUMENTS_READ)} read, "
+        f"{get(tokenize.NAMESPACE, tokenize.DOCUMENTS_TOKENIZED)} tokenized, "
+        f"{get(tokenize.NAMESPACE, tokenize.DOCUMENTS_EMPTY)} skipped empty, "
+        f"{get(sentence_pairs.NAMESPACE, sentence_pairs.DOCUMENTS_ONE_SENTENCE)}"
+        " with one sentence",
+        f"  tokens: {tokens}, [UNK] {unk} ({100.0 * unk / max(tokens, 1):.2f}%)",
+        f"  {meta['sentence_task']} labels: 0={meta['label_counts']['0']} "
+        f"1={meta['label_counts']['1']}; pairs truncated: "
+        f"{get(sentence_pairs.NAMESPACE, sentence_pairs.PAIRS_TRUNCATED)}",
+    ]
+    skipped = {
+        k: v
+        for k, v in c.items()
+        if v
+        and any(
+            w in k for w in ("skipped", "dropped", "undecodable", "lack", "too-long")
+        )
+    }
+    if skipped:
+        lines.append(
+            "  skipped/dropped: " + ", ".join(f"{k}={v}" for k, v in skipped.items())
+        )
+    if not c:
+        lines.append("  (this runner reported no metrics; counts are partial)")
+    return "\n".join(lines)
+
+
+def run(argv=None) -> dict:
+    """Runs the job; returns the metadata it wrote ({} for a dry run).
+
+    Raises:
+        options.UsageError: bad flags, before any work.
+    """
+    settings, pipeline_options = options.parse(argv)
+    started = time.time()
+    result = run_pipeline(settings, pipeline_options)
+    if pipeline_options.view_as(TestOptions).dry_run:
+        return {}  # Dataflow built the job offline; nothing was written
+    meta = write_metadata(settings, result, time.time() - started)
+    print(summary(meta))
+    return meta
+
+
+def main(argv=None):
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        run(argv)
+    except options.UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

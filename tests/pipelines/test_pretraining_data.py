@@ -1,0 +1,261 @@
+"""End to end: pretraining_data.run on DirectRunner, bad flags, bad data,
+determinism, Dataflow dry run, PortableRunner LOOPBACK."""
+
+import glob
+import json
+import os
+import random
+import struct
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from configs import features, metadata
+from pipelines import options, pretraining_data, sentence_pairs
+
+SEQ, PRED = 32, 5
+
+
+def _argv(corpus, vocab, out, *extra):
+    return [
+        f"--input={corpus}",
+        f"--vocab={vocab}",
+        f"--output_dir={out}",
+        f"--max_seq_length={SEQ}",
+        f"--max_predictions_per_seq={PRED}",
+        "--dupe_factor=3",
+        "--num_shards=2",
+        "--seed=7",
+        *extra,
+    ]
+
+
+def read_records(directory):
+    """Raw record bytes of every shard (TFRecord framing), sorted."""
+    out = []
+    for path in glob.glob(os.path.join(directory, "pretraining-*.tfrecord")):
+        data = open(path, "rb").read()
+        i = 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            out.append(data[i + 12 : i + 12 + n])
+            i += 16 + n
+    return sorted(out)
+
+
+def bert_spec(seq, pred):
+    """google-research/bert run_pretraining.py's name_to_features."""
+    return {
+        "input_ids": tf.io.FixedLenFeature([seq], tf.int64),
+        "input_mask": tf.io.FixedLenFeature([seq], tf.int64),
+        "segment_ids": tf.io.FixedLenFeature([seq], tf.int64),
+        "masked_lm_positions": tf.io.FixedLenFeature([pred], tf.int64),
+        "masked_lm_ids": tf.io.FixedLenFeature([pred], tf.int64),
+        "masked_lm_weights": tf.io.FixedLenFeature([pred], tf.float32),
+        "next_sentence_labels": tf.io.FixedLenFeature([1], tf.int64),
+    }
+
+
+@pytest.fixture
+def vocab_ids(vocab_tokens):
+    return features.special_token_ids(vocab_tokens)
+
+
+def test_end_to_end_records_and_metadata(tmp_path, corpus_file, vocab_file, vocab_ids):
+    out = str(tmp_path / "out")
+    meta = pretraining_data.run(_argv(corpus_file, vocab_file, out))
+    assert set(metadata.PRETRAINING_KEYS) <= set(meta)
+    assert meta == json.load(open(os.path.join(out, "metadata.json")))
+    assert os.path.exists(os.path.join(out, "config.yaml"))
+    files = sorted(glob.glob(os.path.join(out, "pretraining-*")))
+    assert [os.path.basename(f) for f in files] == [
+        "pretraining-00000-of-00002.tfrecord",
+        "pretraining-00001-of-00002.tfrecord",
+    ]
+    ds = tf.data.TFRecordDataset(files).map(
+        lambda r: tf.io.parse_single_example(r, bert_spec(SEQ, PRED))
+    )
+    records = [{k: v.numpy() for k, v in x.items()} for x in ds]
+    assert len(records) == meta["num_examples"] > 10
+    assert meta["num_shards"] == 2 and meta["vocab_size"] > 50
+    labels = [int(r["next_sentence_labels"][0]) for r in records]
+    assert set(labels) == {0, 1}
+    assert meta["label_counts"] == {"0": labels.count(0), "1": labels.count(1)}
+    specials = set(vocab_ids.values())
+    for r in records:
+        n = int(r["input_mask"].sum())
+        ids = r["input_ids"]
+        assert ids[0] == vocab_ids["[CLS]"] and ids[n - 1] == vocab_ids["[SEP]"]
+        assert not ids[n:].any() and r["input_mask"][:n].all()
+        m = int(r["masked_lm_weights"].sum())
+        pos = r["masked_lm_positions"][:m]
+        assert list(pos) == sorted(set(pos)) and (pos < n).all() and (pos > 0).all()
+        assert not set(r["masked_lm_ids"][:m]) & specials
+        seps = np.flatnonzero(ids[:n] == vocab_ids["[SEP]"])
+        assert (r["segment_ids"][: seps[0] + 1] == 0).all()
+        assert (r["segment_ids"][seps[0] + 1 : n] == 1).all()
+    c = meta["counters"]
+    assert c["ReadDocuments/documents-read"] == 3
+    assert c["WriteTfRecords/records-written"] == len(records)
+
+
+def test_same_seed_same_records_any_sharding(tmp_path, corpus_file, vocab_file):
+    a, b, c = (str(tmp_path / d) for d in "abc")
+    pretraining_data.run(_argv(corpus_file, vocab_file, a))
+    pretraining_data.run(_argv(corpus_file, vocab_file, b, "--num_shards=3"))
+    pretraining_data.run(_argv(corpus_file, vocab_file, c, "--seed=8"))
+    assert read_records(a) == read_records(b)
+    assert read_records(a) != read_records(c)
+
+
+def test_bucket_pairing_ignores_element_order(vocab_ids):
+    rng = random.Random(0)
+    docs = []
+    for fp in range(6):
+        flat = np.array([rng.randrange(40, 90) for _ in range(60)], np.int32)
+        docs.append((fp * 7919, flat, np.arange(6, 61, 6, dtype=np.int32)))
+    fn = sentence_pairs._PairBucketFn(
+        seed=1,
+        special_ids=vocab_ids,
+        max_seq_length=24,
+        short_seq_prob=0.1,
+        sentence_task="nsp",
+    )
+    fn.setup()
+    first = list(fn.process(((0, 0), docs)))
+    second = list(fn.process(((0, 0), docs[::-1])))
+    assert first == second and len(first) > 10
+
+
+@pytest.mark.slow
+def test_multi_processing_gives_same_records(tmp_path, corpus_file, vocab_file):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    pretraining_data.run(_argv(corpus_file, vocab_file, a))
+    pretraining_data.run(
+        _argv(
+            corpus_file,
+            vocab_file,
+            b,
+            "--direct_running_mode=multi_processing",
+            "--direct_num_workers=2",
+        )
+    )
+    assert read_records(a) == read_records(b) != []
+
+
+def test_bad_data_is_counted_not_fatal(tmp_path, vocab_file):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "empty.txt").write_bytes(b"")
+    (data / "bad.txt").write_bytes(
+        b"The dog went back to sleep.\nIt was \xff\xfe not amused.\n\n"
+        b"One sentence only.\n\n"
+        + b"x" * ((1 << 20) + 1)
+        + b"\nThe sea was calm.\nBoats sailed out.\n\n\n\x01\n"
+    )
+    meta = pretraining_data.run(
+        _argv(f"{data}/*.txt", vocab_file, tmp_path / "out", "--sentence_task=sop")
+    )
+    c = meta["counters"]
+    assert c["ReadDocuments/lines-undecodable"] == 1
+    assert c["ReadDocuments/lines-dropped-too-long"] == 1
+    assert c["TokenizeDocuments/documents-skipped-empty"] == 1
+    assert c["CreateSentencePairs/documents-with-one-sentence"] == 1
+    assert meta["num_examples"] > 0 and meta["sentence_task"] == "sop"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"--vocab": "{tmp}/missing.txt"}, "does not exist"),
+        (
+            {"--vocab": "{tmp}/nomask.txt"},
+            r"lacks required special token\(s\) \[MASK\]",
+        ),
+        ({"--masked_lm_prob": "0"}, "masked_lm_prob"),
+        ({"--masked_lm_prob": "1.5"}, "masked_lm_prob"),
+        ({"--max_seq_length": "7"}, "max_seq_length must be at least 8"),
+        ({"--max_predictions_per_seq": "0"}, "max_predictions_per_seq"),
+        ({"--max_predictions_per_seq": "30"}, "at most max_seq_length - 3"),
+        ({"--max_seq_length": "128"}, "too small"),
+        ({"--input": "{tmp}/nothing-*.txt"}, "matches no file"),
+        ({"--output_dir": "{tmp}"}, "is not empty"),
+        ({"--max_seq_len": "64"}, "unknown flag"),
+        ({"--sentence_task": "xyz"}, "invalid choice"),
+        ({"--runner": "NoSuchRunner"}, "NoSuchRunner"),
+    ],
+)
+def test_bad_flags_stop_with_one_line(
+    tmp_path, capsys, corpus_file, vocab_file, vocab_tokens, change, message
+):
+    (tmp_path / "nomask.txt").write_text(
+        "\n".join(t for t in vocab_tokens if t != "[MASK]") + "\n"
+    )
+    flags = dict(
+        a.split("=", 1) for a in _argv(corpus_file, vocab_file, tmp_path / "o")
+    )
+    flags.update({k: v.format(tmp=tmp_path) for k, v in change.items()})
+    with pytest.raises(SystemExit) as e:
+        pretraining_data.main([f"{k}={v}" for k, v in flags.items()])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert __import__("re").search(message, err[0]), err[0]
+
+
+def test_overwrite_replaces_only_our_files(tmp_path, corpus_file, vocab_file):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pretraining-00000-of-00009.tfrecord").write_bytes(b"stale")
+    (out / "notes.txt").write_text("keep me")
+    pretraining_data.run(_argv(corpus_file, vocab_file, out, "--overwrite"))
+    names = sorted(os.listdir(out))
+    assert "notes.txt" in names and "pretraining-00000-of-00009.tfrecord" not in names
+
+
+def test_dataflow_dry_run_builds_the_job(tmp_path, corpus_file, vocab_file):
+    pytest.importorskip("apache_beam.runners.dataflow")
+    setup_py = os.path.join(os.path.dirname(__file__), "..", "..", "setup.py")
+    settings, opts = options.parse(
+        _argv(corpus_file, vocab_file, tmp_path / "out")
+        + [
+            "--runner=DataflowRunner",
+            "--dry_run=True",
+            "--project=my-project",
+            "--region=us-central1",
+            "--temp_location=gs://my-bucket/tmp",
+            f"--setup_file={os.path.abspath(setup_py)}",
+        ]
+    )
+    result = pretraining_data.run_pipeline(settings, opts)
+    names = {
+        t.unique_name for t in result.job.proto_pipeline.components.transforms.values()
+    }
+    for stage in (
+        "ReadCorpus",
+        "Tokenize/Tokenize",
+        "CreatePairs/GroupBuckets",
+        "CreatePairs/PairSentences",
+        "Mask/Mask",
+        "Write/EncodeExamples",
+        "Write/WriteShards",
+    ):
+        assert stage in names
+
+
+def test_portable_runner_loopback(tmp_path, corpus_file, vocab_file):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    pretraining_data.run(_argv(corpus_file, vocab_file, a))
+    meta = pretraining_data.run(
+        _argv(
+            corpus_file,
+            vocab_file,
+            b,
+            "--runner=PortableRunner",
+            "--job_endpoint=embed",
+            "--environment_type=LOOPBACK",
+        )
+    )
+    assert read_records(a) == read_records(b)
+    assert meta["num_examples"] == len(read_records(b))
