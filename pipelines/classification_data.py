@@ -306,6 +306,7 @@ class TokenizeLabelledRows(beam.PTransform):
 def _parse_flags(argv):
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.classification_data",
+        allow_abbrev=False,
         description="Labelled TSV/CSV/JSONL -> classification TFRecords.",
     )
     parser.add_argument("--input", required=True, help="file or glob")
