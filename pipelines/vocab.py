@@ -33,6 +33,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 import uuid
 
 import apache_beam as beam
@@ -85,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--do_lower_case",
         type=_bool,
+        nargs="?",
+        const=True,
         default=True,
         help="lower-case + strip accents (uncased vocab); default true",
     )
@@ -256,8 +259,10 @@ def run(argv=None) -> dict:
             | "WriteCounts"
             >> beam.io.WriteToText(counts_prefix, file_name_suffix=".jsonl")
         )
+        started = time.monotonic()
         result = pipeline.run()
         result.wait_until_finish()
+        count_seconds = time.monotonic() - started
 
         read_counters = _counter_values(result, corpus.NAMESPACE, corpus.COUNTER_NAMES)
         count_counters = _counter_values(
@@ -278,6 +283,7 @@ def run(argv=None) -> dict:
                 f"{args.max_word_length}; nothing to learn from"
             )
         _fail(f"the corpus {args.input!r} has no words; nothing to learn from")
+    started = time.monotonic()
     try:
         learned = wordpiece_vocab.learn_vocab(
             table,
@@ -289,6 +295,7 @@ def run(argv=None) -> dict:
         )
     except wordpiece_vocab.VocabError as e:
         _fail(str(e))
+    learn_seconds = time.monotonic() - started
     features.special_token_ids(learned.tokens)  # [PAD] ... [MASK] by name
 
     _write_bytes(args.output, ("\n".join(learned.tokens) + "\n").encode("utf-8"))
@@ -337,7 +344,8 @@ def run(argv=None) -> dict:
         f"learner reached {learned.learner_size}) to {args.output}; alphabet "
         f"{len(learned.alphabet)} characters; corpus: {c['lines']} lines, "
         f"{c['words']} words, {c['unique_words']} unique words, "
-        f"{c['lines_undecodable']} undecodable lines"
+        f"{c['lines_undecodable']} undecodable lines; counting "
+        f"{count_seconds:.1f} s, learning {learn_seconds:.1f} s"
     )
     return sidecar
 
