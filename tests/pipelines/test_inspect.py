@@ -1,0 +1,41 @@
+"""pipelines.inspect: decoded instances, stats, PNG histogram."""
+
+import os
+
+import tensorflow as tf
+
+from configs import features, metadata
+from pipelines import inspect, tfrecords
+
+
+def test_inspect_prints_instances_and_writes_histogram(
+    tmp_path, capsys, vocab_file, vocab_tokens
+):
+    ids = features.special_token_ids(vocab_tokens)
+    word = {t: i for i, t in enumerate(vocab_tokens)}
+    encoder = tfrecords.ExampleEncoder(16, 3, len(vocab_tokens))
+    tokens = [ids["[CLS]"], word["the"], ids["[MASK]"], ids["[SEP]"], word["sea"]]
+    tokens.append(ids["[SEP]"])
+    with tf.io.TFRecordWriter(
+        str(tmp_path / "pretraining-00000-of-00001.tfrecord")
+    ) as w:
+        for label in (0, 1, 1):
+            w.write(encoder.encode(tokens, 4, label, [2], [word["dog"]]))
+    metadata.write_metadata(
+        str(tmp_path),
+        {
+            "format_version": features.METADATA_FORMAT_VERSION,
+            "kind": "pretraining",
+            "max_seq_length": 16,
+            "vocab_file": vocab_file,
+            "num_examples": 3,
+        },
+    )
+    stats = inspect.run([str(tmp_path), "--num_instances=1"])
+    out = capsys.readouterr().out
+    assert "[CLS] the {[MASK]=>dog} [SEP] sea [SEP]" in out
+    assert "num_examples=3" in out
+    assert stats["records_read"] == 3 and stats["mean_length"] == 6
+    assert abs(stats["label_fraction_1"] - 2 / 3) < 1e-9
+    assert os.path.getsize(stats["histogram"]) > 1000
+    assert open(stats["histogram"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
