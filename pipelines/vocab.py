@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -42,11 +43,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (
     GoogleCloudOptions,
     PipelineOptions,
-    _BeamArgumentParser,
 )
 
 from configs import features, metadata
-from pipelines import corpus, word_counts, wordpiece_vocab
+from pipelines import corpus, options, word_counts, wordpiece_vocab
 
 DEFAULT_RESERVED_TOKENS = " ".join(features.RESERVED_TOKENS)
 SIDECAR_SUFFIX = ".json"
@@ -65,15 +65,6 @@ def _fail(message: str):
     raise SystemExit(2)
 
 
-def _bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes", "y"):
-        return True
-    if lowered in ("false", "0", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(
         prog="python -m pipelines.vocab",
@@ -85,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--vocab_size", required=True, type=int)
     parser.add_argument(
         "--do_lower_case",
-        type=_bool,
+        type=options.parse_bool,
         nargs="?",
         const=True,
         default=True,
@@ -112,20 +103,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_beam_flags(beam_args: list[str]) -> None:
-    """Fails on flags that neither we nor any Beam options class know.
-
-    PipelineOptions only logs a warning for them (and drops them), so a
-    typo such as `--runer=DataflowRunner` would run locally.
-    """
-    parser = _BeamArgumentParser(allow_abbrev=False)
-    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
-        cls._add_argparse_args(parser)  # what get_all_options() does
-    _, unknown = parser.parse_known_args(beam_args)
-    if unknown:
-        _fail(f"unknown flag(s): {' '.join(unknown)}")
-
-
 def _check_output_writable(output: str) -> None:
     """Fails unless `output` can be created (before any pipeline work)."""
     if "://" in output:
@@ -148,11 +125,16 @@ def _check_output_writable(output: str) -> None:
 
 
 def _parse(argv):
-    """Returns (args, control tokens, input files, beam args) or exits 2."""
+    """Returns (args, reserved tokens, input files, beam args) or exits 2."""
     args, beam_args = _parser().parse_known_args(argv)
-    _check_beam_flags(beam_args)
+    # PipelineOptions only logs unknown flags and drops them, so a typo
+    # such as --runer=DataflowRunner would quietly run locally.
+    unknown = options.unknown_beam_flags(beam_args)
+    if unknown:
+        _fail(f"unknown flag(s): {' '.join(unknown)}")
     reserved = [t for t in re.split(r"[\s,]+", args.reserved_tokens) if t]
     try:
+        # Checks the reserved tokens: [PAD] first, required ones, no repeats.
         control = wordpiece_vocab.control_tokens(reserved, args.num_unused)
     except wordpiece_vocab.VocabError as e:
         _fail(str(e))
@@ -173,7 +155,7 @@ def _parse(argv):
     except ValueError as e:
         _fail(str(e))
     _check_output_writable(args.output)
-    return args, control, files, beam_args
+    return args, reserved, files, beam_args
 
 
 def _document_lines(doc: tuple[str, list[str]]) -> list[str]:
@@ -212,6 +194,18 @@ def _read_counts(prefix: str) -> list[tuple[str, int]]:
     return pairs
 
 
+def _delete_counts(counts_dir: str, prefix: str) -> None:
+    """Deletes the count shards (object stores have files, not folders)."""
+    try:
+        matched = FileSystems.match([prefix + "*"])[0].metadata_list
+        if matched:
+            FileSystems.delete([m.path for m in matched])
+    except Exception:  # nothing written (the pipeline failed early)
+        pass
+    if "://" not in counts_dir and os.path.isdir(counts_dir):
+        shutil.rmtree(counts_dir, ignore_errors=True)
+
+
 def _write_bytes(path: str, data: bytes) -> None:
     with FileSystems.create(path) as f:
         f.write(data)
@@ -233,9 +227,9 @@ def run(argv=None) -> dict:
 
     Raises SystemExit(2) after printing one `error: ...` line on bad input.
     """
-    args, control, files, beam_args = _parse(argv)
-    options = PipelineOptions(beam_args)
-    temp_root = options.view_as(GoogleCloudOptions).temp_location
+    args, reserved, files, beam_args = _parse(argv)
+    pipeline_options = PipelineOptions(beam_args)
+    temp_root = pipeline_options.view_as(GoogleCloudOptions).temp_location
     local_temp = None
     if not temp_root:
         local_temp = temp_root = tempfile.mkdtemp(prefix="vocab-counts-")
@@ -243,7 +237,7 @@ def run(argv=None) -> dict:
     counts_prefix = FileSystems.join(counts_dir, COUNTS_FILE_PREFIX)
 
     try:
-        pipeline = beam.Pipeline(options=options)
+        pipeline = beam.Pipeline(options=pipeline_options)
         documents = pipeline | "ReadCorpus" >> corpus.ReadDocuments(
             file_patterns=args.input, text_field=args.text_field
         )
@@ -270,10 +264,9 @@ def run(argv=None) -> dict:
         )
         table = _read_counts(counts_prefix)
     finally:
-        if FileSystems.exists(counts_dir):
-            FileSystems.delete([counts_dir])
-        if local_temp and os.path.isdir(local_temp):
-            os.rmdir(local_temp)
+        _delete_counts(counts_dir, counts_prefix)
+        if local_temp:
+            shutil.rmtree(local_temp, ignore_errors=True)
 
     if not table:
         if count_counters[word_counts.WORDS_COUNTED]:
@@ -288,7 +281,7 @@ def run(argv=None) -> dict:
         learned = wordpiece_vocab.learn_vocab(
             table,
             vocab_size=args.vocab_size,
-            reserved_tokens=control[: len(control) - args.num_unused],
+            reserved_tokens=reserved,
             num_unused=args.num_unused,
             max_word_length=args.max_word_length,
             max_unique_chars=args.max_unique_chars,
@@ -324,7 +317,7 @@ def run(argv=None) -> dict:
         },
         "options": {
             "do_lower_case": args.do_lower_case,
-            "reserved_tokens": control[: len(control) - args.num_unused],
+            "reserved_tokens": reserved,
             "num_unused": args.num_unused,
             "min_count": args.min_count,
             "max_word_length": args.max_word_length,

@@ -25,10 +25,6 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 
-from tensorflow_text.tools.wordpiece_vocab import (
-    wordpiece_tokenizer_learner_lib as learner,
-)
-
 from configs import features
 from configs.tokenization import SUFFIX_INDICATOR
 
@@ -37,6 +33,16 @@ DEFAULT_MAX_UNIQUE_CHARS = 1000
 DEFAULT_NUM_ITERATIONS = 4
 DEFAULT_MAX_INPUT_WORDS = 5_000_000
 DEFAULT_SLACK_RATIO = 0.05
+
+
+def _learner():
+    """tensorflow-text's learner module. Imported on use: the package import
+    loads TensorFlow, which flag checking does not need."""
+    from tensorflow_text.tools.wordpiece_vocab import (
+        wordpiece_tokenizer_learner_lib,
+    )
+
+    return wordpiece_tokenizer_learner_lib
 
 
 class VocabError(ValueError):
@@ -102,6 +108,7 @@ def corpus_alphabet(
 ) -> list[str]:
     """The characters the learner keeps: the `max_unique_chars` most frequent
     characters of the words it accepts (its own selection functions)."""
+    learner = _learner()
     accepted = learner.get_input_words(counts, control, max_word_length)
     return sorted(learner.get_allowed_chars(accepted, max_unique_chars))
 
@@ -119,6 +126,7 @@ def _learn_to_size(counts, alphabet, params) -> list[str]:
     the first vocabulary within `slack_ratio` *above* the target, which the
     caller trims to the exact size. Input preparation is the learner's own.
     """
+    learner = _learner()
     accepted = learner.get_input_words(
         counts, params.reserved_tokens, params.max_token_length
     )
@@ -221,7 +229,7 @@ def learn_vocab(
     learned = _learn_to_size(
         counts,
         alphabet,
-        learner.Params(
+        _learner().Params(
             upper_thresh=None,
             lower_thresh=1,
             num_iterations=num_iterations,

@@ -66,6 +66,14 @@ def test_count_words_lower_cases_splits_punctuation_and_strips_accents():
         assert_that(out, equal_to(expected))
 
 
+def test_flushing_partial_counts_early_gives_the_same_counts():
+    lines = LINES * 50
+    expected = [("the", 150), ("cat", 50), ("dog", 50), (",", 50), (".", 50)]
+    expected += [("cafe", 50), ("deja", 50), ("vu", 50), ("end", 50)]
+    counters = _run(lines, equal_to(expected), max_batch_size=3, max_pending_words=1)
+    assert counters[word_counts.WORDS_COUNTED] == 11 * 50
+
+
 def test_count_words_cased_keeps_case_and_accents():
     def check(got):
         words = dict(got)
@@ -91,7 +99,13 @@ def test_count_words_counters_and_filters():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"min_count": 0}, {"max_word_length": 0}, {"max_batch_size": 0}]
+    "kwargs",
+    [
+        {"min_count": 0},
+        {"max_word_length": 0},
+        {"max_batch_size": 0},
+        {"max_pending_words": 0},
+    ],
 )
 def test_count_words_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
