@@ -51,6 +51,7 @@ from configs.labelled_text import (  # noqa: F401 (re-exported reasons)
     split_line,
 )
 from configs.schema import ConfigError
+from pipelines.options import unknown_beam_flags
 
 SHARD_PREFIX = "classification"
 SHARD_SUFFIX = ".tfrecord"
@@ -436,6 +437,10 @@ def run(argv=None, save_main_session=True) -> dict:
         ConfigError: bad flags (before any work) or no usable row.
     """
     args, beam_args = _parse_flags(argv)
+    # Beam only logs unknown flags; a typo must stop the job instead.
+    unknown = unknown_beam_flags(beam_args)
+    if unknown:
+        raise ConfigError(f"unknown flag(s): {' '.join(unknown)}")
     fmt, files, columns = _check_flags(args)
     options = PipelineOptions(beam_args)
     options.view_as(beam.options.pipeline_options.SetupOptions).save_main_session = (

@@ -237,6 +237,8 @@ def test_bad_flags_stop_before_work(tmp_path, vocab_file):
     args = [f"--input={data}", f"--vocab={vocab_file}", f"--output_dir={tmp_path}/o"]
     with pytest.raises(ConfigError, match="column 'sentence' is not in the header"):
         cd.run(args)
+    with pytest.raises(ConfigError, match="unknown flag.*--max_seq_lenght"):
+        cd.run(args + ["--text_column=text", "--max_seq_lenght=3"])
     with pytest.raises(ConfigError, match="matches no file"):
         cd.run([f"--input={tmp_path}/missing.tsv"] + args[1:])
     bad_vocab = tmp_path / "v.txt"
