@@ -119,6 +119,17 @@ def test_jsonl_and_gzip_inputs_count_undecodable_lines(tmp_path):
     assert len(features.read_vocab(str(output))) == 100
 
 
+def test_cased_vocab_keeps_capitals(corpus_file, tmp_path):
+    output = tmp_path / "cased.txt"
+    sidecar = vocab.run(_args(corpus_file, output, 100, "--do_lower_case=false"))
+    tokens = features.read_vocab(str(output))
+    assert sidecar["options"]["do_lower_case"] is False
+    assert "T" in tokens and "##T" in tokens
+    lines = ["The Boats came back."]
+    ids = build_tokenizer(tokens, do_lower_case=False).tokenize(lines)
+    assert tokens.index(features.UNK) not in ids.flat_values.numpy().tolist()
+
+
 def _expect_error(capsys, argv, message, output=None):
     with pytest.raises(SystemExit) as exit_info:
         vocab.run(argv)
