@@ -89,6 +89,9 @@ def measure(cmd: list[str], log_path: str) -> dict:
         sampler.join()
     return {
         "wall_s": wall,
+        # CPU seconds (user + system) of the child and its waited-for
+        # descendants: less sensitive than wall time to a busy machine.
+        "cpu_s": usage.ru_utime + usage.ru_stime,
         "peak_rss_mib": usage.ru_maxrss / 1024,
         "peak_tree_rss_mib": peak_tree[0] / 1024,
         "exit": os.waitstatus_to_exitcode(status),
@@ -175,7 +178,8 @@ def main(argv=None) -> int:
         f"train: {len(train)} shard(s), {sum(os.path.getsize(f) for f in train)} "
         f"bytes gz; held out: first {args.held_out_lines} lines of "
         f"{os.path.basename(held_out_path)}; vocab_size {args.vocab_size}; "
-        f"{os.cpu_count()} CPUs (shared machine)"
+        f"{os.cpu_count()} CPUs (shared machine, load average "
+        f"{os.getloadavg()[0]:.1f})"
     )
 
     runs = {}
@@ -208,7 +212,8 @@ def main(argv=None) -> int:
     lines = held_out_lines(held_out_path, args.held_out_lines)
     base = runs["bert_vocab_from_dataset"][1]
     print(
-        f"\n{'vocabulary':28} {'wall s':>7} {'x base':>6} {'RSS MiB':>8} "
+        f"\n{'vocabulary':28} {'wall s':>7} {'x base':>6} {'cpu s':>7} "
+        f"{'RSS MiB':>8} "
         f"{'tree MiB':>8} {'size':>6} {'UNK/piece':>9} {'UNK/word':>8} "
         f"{'pieces/word':>11}"
     )
@@ -221,9 +226,10 @@ def main(argv=None) -> int:
         results[name] = {"run": m, "quality": q}
         timing = (
             f"{m['wall_s']:7.1f} {base['wall_s'] / m['wall_s']:6.2f} "
+            f"{m['cpu_s']:7.1f} "
             f"{m['peak_rss_mib']:8.0f} {m['peak_tree_rss_mib']:8.0f}"
             if m
-            else f"{'-':>7} {'-':>6} {'-':>8} {'-':>8}"
+            else f"{'-':>7} {'-':>6} {'-':>7} {'-':>8} {'-':>8}"
         )
         print(
             f"{name:28} {timing} {q['vocab_size']:6d} "
@@ -237,6 +243,7 @@ def main(argv=None) -> int:
             if summary:
                 print(f"{name}: {summary[-1].strip()}")
     print("x base = baseline wall time / this wall time (higher is faster)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     print(json.dumps(results))
     return 0
 
