@@ -139,14 +139,8 @@ def resolve_config(args, overrides):
     if init.kind == "ours":
         # The encoder's sizes and casing are the checkpoint's, not the YAML's.
         ckpt = load_resolved(init.path)
-        cfg = cfg.replace(
-            model=ckpt.model,
-            data=dataclasses.replace(
-                cfg.data,
-                do_lower_case=ckpt.data.do_lower_case,
-                vocab_file=ckpt.data.vocab_file,
-            ),
-        )
+        # The data section (casing, vocabulary) describes the same records.
+        cfg = cfg.replace(model=ckpt.model, data=ckpt.data)
         print(f"model config from {os.path.join(init.path, RESOLVED_CONFIG_FILE)}")
     elif init.kind == "google":
         from model import checkpoint_conversion
