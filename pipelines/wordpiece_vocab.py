@@ -1,8 +1,9 @@
 """Learning a WordPiece vocabulary from a word -> count table.
 
-Pure functions, no Beam and no TensorFlow: the learning itself is
-tensorflow-text's `wordpiece_tokenizer_learner_lib.learn` (pure Python),
-wrapped with what a BERT vocabulary needs on top of it:
+Pure functions, no Beam. The learning itself is tensorflow-text's
+`wordpiece_tokenizer_learner_lib` (pure Python; its input preparation and
+`learn_with_thresh`, driven by our threshold search instead of its `learn`),
+with what a BERT vocabulary needs on top of it:
 
 * the reserved tokens exactly once, at the front (`[PAD]` = id 0), then
   `[unused0]` ... `[unusedN-1]`, then the learned tokens;
