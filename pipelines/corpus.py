@@ -248,7 +248,6 @@ class DocumentSource(filebasedsource.FileBasedSource):
                     return
                 state, doc_start = "inside", offset
             if state == "inside" and raw is not None:
-                _count(LINES_READ)
                 lines.append(_decode(raw))
         if state == "inside":
             yield self._document(file_name, doc_start, lines)
@@ -271,12 +270,12 @@ class DocumentSource(filebasedsource.FileBasedSource):
                 continue
             lines = [line.strip() for line in text.split("\n")]
             lines = [line for line in lines if line]
-            _count(LINES_READ, len(lines))
             yield self._document(file_name, offset, lines)
 
     @staticmethod
     def _document(file_name, offset, lines):
         _count(DOCUMENTS_READ)
+        _count(LINES_READ, len(lines))
         return f"{file_name}:{offset}", lines
 
 

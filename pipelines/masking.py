@@ -18,8 +18,11 @@ Differences from google-research/bert, both deliberate (USERS.md #9):
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
 
 import apache_beam as beam
 
@@ -62,6 +65,8 @@ class MaskingVocab(NamedTuple):
     never_mask: frozenset
     random_ids: Sequence[int]
     continuation: Sequence[bool]
+    never_mask_array: np.ndarray  # the same ids, for the batch path
+    random_ids_array: np.ndarray
 
 
 def masking_vocab(vocab: list[str], random_tokens: str = "ordinary") -> MaskingVocab:
@@ -81,7 +86,14 @@ def masking_vocab(vocab: list[str], random_tokens: str = "ordinary") -> MaskingV
         if not random_ids:
             raise ValueError("vocabulary has no ordinary tokens to draw from")
     continuation = [tok.startswith("##") for tok in vocab]
-    return MaskingVocab(ids[features.MASK], never_mask, random_ids, continuation)
+    return MaskingVocab(
+        ids[features.MASK],
+        never_mask,
+        random_ids,
+        continuation,
+        np.array(sorted(never_mask), np.int64),
+        np.asarray(random_ids, np.int32),
+    )
 
 
 def create_masked_lm_predictions(
@@ -158,16 +170,148 @@ def create_masked_lm_predictions(
     return MaskedLmPredictions(output, chosen, originals)
 
 
-# === Beam ===
-class MaskedInstance(NamedTuple):
-    """What `MaskTokens` emits: masked ids, length of `[CLS] A [SEP]`,
-    sentence label, sorted masked positions and their original ids."""
+def create_masked_lm_predictions_batch(
+    input_ids: np.ndarray,
+    lengths: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    vocab: MaskingVocab,
+    masked_lm_prob: float,
+    max_predictions_per_seq: int,
+    mask_token_prob: float = 0.8,
+    random_token_prob: float = 0.1,
+    counter_inc_fn: CounterFn = _no_count,
+):
+    """`create_masked_lm_predictions` for many instances at once (numpy).
 
-    input_ids: list
-    num_a: int
-    label: int
-    positions: list
-    original_ids: list
+    The same rule and distribution (a uniform choice of
+    `min(max_pred, max(1, round(length * masked_lm_prob)))` maskable
+    positions, 80/10/10), computed with array operations instead of a
+    Python loop per token; whole-word masking uses the per-instance
+    function.
+
+    Args:
+        input_ids: int array `[n, L]`, row i holds `lengths[i]` ids then
+            padding (`L >= max_predictions_per_seq`).
+        lengths: int array `[n]`.
+        rng: numpy Generator, the only source of randomness.
+
+    Returns:
+        `(output_ids [n, L], positions [n, P], original_ids [n, P],
+        num_masked [n])`, P = `max_predictions_per_seq`; positions sorted
+        ascending in their first `num_masked[i]` slots, zero after.
+    """
+    ids = np.asarray(input_ids)
+    n, width = ids.shape
+    pred = max_predictions_per_seq
+    columns = np.arange(width)
+    maskable = columns < lengths[:, None]
+    for special in vocab.never_mask_array.tolist():  # a handful: cheaper than isin
+        maskable &= ids != special
+    # round() half to even, as Python's round() in the per-instance rule.
+    wanted = np.maximum(1, np.rint(lengths * masked_lm_prob).astype(np.int64))
+    num_masked = np.minimum(np.minimum(wanted, pred), maskable.sum(axis=1))
+    # A uniform random subset: the smallest random keys among maskable slots.
+    keys = rng.random((n, width))
+    keys[~maskable] = 2.0
+    order = np.argsort(keys, axis=1)[:, :pred]
+    taken = np.arange(pred) < num_masked[:, None]
+    positions = np.sort(np.where(taken, order, width), axis=1)
+    positions[~taken] = 0
+    originals = np.take_along_axis(ids, positions, axis=1)
+    originals[~taken] = 0
+
+    draw = rng.random((n, pred))
+    to_mask = taken & (draw < mask_token_prob)
+    to_random = taken & ~to_mask & (draw < mask_token_prob + random_token_prob)
+    random_ids = vocab.random_ids_array
+    replacement = random_ids[rng.integers(0, len(random_ids), size=(n, pred))]
+    values = np.where(
+        to_mask, vocab.mask_id, np.where(to_random, replacement, originals)
+    )
+    # Untaken slots point at column 0 ([CLS]) and write its own id back.
+    values = np.where(taken, values, ids[:, :1])
+    output = ids.copy()
+    np.put_along_axis(output, positions, values.astype(ids.dtype), axis=1)
+    total = int(num_masked.sum())
+    n_mask, n_random = int(to_mask.sum()), int(to_random.sum())
+    counter_inc_fn(TOKENS_MASKED, total)
+    counter_inc_fn(TOKENS_TO_MASK, n_mask)
+    counter_inc_fn(TOKENS_TO_RANDOM, n_random)
+    counter_inc_fn(TOKENS_KEPT, total - n_mask - n_random)
+    return output, positions, originals, num_masked
+
+
+# === Beam ===
+class MaskedBatch(NamedTuple):
+    """What `MaskTokens` emits: one document-round's masked instances.
+
+    input_ids: int32 `[n, max_seq_length]` masked, zero-padded; lengths,
+    num_a (length of `[CLS] A [SEP]`), labels, num_masked: `[n]`;
+    positions, original_ids: `[n, max_predictions_per_seq]`, sorted
+    positions first, zero-padded.
+    """
+
+    input_ids: np.ndarray
+    lengths: np.ndarray
+    num_a: np.ndarray
+    labels: np.ndarray
+    positions: np.ndarray
+    original_ids: np.ndarray
+    num_masked: np.ndarray
+
+
+def mask_instance_batch(
+    batch, *, vocab, max_seq_length, whole_word_mask, counter_inc_fn=_no_count, **params
+):
+    """`sentence_pairs.InstanceBatch` -> `MaskedBatch`; randomness from
+    `batch.mask_seed` only."""
+    n = len(batch.input_ids)
+    lengths = np.fromiter((len(x) for x in batch.input_ids), np.int64, n)
+    ids = np.zeros((n, max_seq_length), np.int32)
+    flat = np.fromiter(
+        itertools.chain.from_iterable(batch.input_ids), np.int32, int(lengths.sum())
+    )
+    ids[np.arange(max_seq_length) < lengths[:, None]] = flat  # row-major fill
+    pred = params["max_predictions_per_seq"]
+    if whole_word_mask:
+        positions = np.zeros((n, pred), np.int32)
+        originals = np.zeros((n, pred), np.int32)
+        num_masked = np.zeros(n, np.int64)
+        output = ids.copy()
+        for i, row in enumerate(batch.input_ids):
+            rng = random.Random(text.derive_seed(batch.mask_seed, i))
+            got = create_masked_lm_predictions(
+                row,
+                rng,
+                vocab=vocab,
+                whole_word_mask=True,
+                counter_inc_fn=counter_inc_fn,
+                **params,
+            )
+            m = len(got.positions)
+            output[i, : len(row)] = got.output_ids
+            positions[i, :m] = got.positions
+            originals[i, :m] = got.original_ids
+            num_masked[i] = m
+    else:
+        output, positions, originals, num_masked = create_masked_lm_predictions_batch(
+            ids,
+            lengths,
+            np.random.default_rng(batch.mask_seed),
+            vocab=vocab,
+            counter_inc_fn=counter_inc_fn,
+            **params,
+        )
+    return MaskedBatch(
+        output,
+        lengths,
+        np.asarray(batch.num_a, np.int64),
+        np.asarray(batch.labels, np.int64),
+        positions,
+        originals,
+        num_masked,
+    )
 
 
 class _MaskFn(beam.DoFn):
@@ -181,38 +325,27 @@ class _MaskFn(beam.DoFn):
         self._vocab = masking_vocab(vocab, self._random_tokens)
         self._count = text.counter_fn(NAMESPACE)
 
-    def process(self, instance):
-        # The seed was drawn from the document's (seed, fingerprint, round)
-        # rng, so masks do not depend on where this element runs.
-        rng = random.Random(instance.mask_seed)
-        masked = create_masked_lm_predictions(
-            instance.input_ids,
-            rng,
-            vocab=self._vocab,
-            counter_inc_fn=self._count,
-            **self._params,
-        )
-        yield MaskedInstance(
-            masked.output_ids,
-            instance.num_a,
-            instance.label,
-            masked.positions,
-            masked.original_ids,
+    def process(self, batch):
+        # batch.mask_seed was drawn from the document's (seed, fingerprint,
+        # round) rng, so masks do not depend on where this element runs.
+        yield mask_instance_batch(
+            batch, vocab=self._vocab, counter_inc_fn=self._count, **self._params
         )
 
 
 class MaskTokens(beam.PTransform):
-    """Applies masked-LM masking to instances.
+    """Applies masked-LM masking to batches of instances.
 
-    Input: `sentence_pairs.Instance` (`input_ids`, `num_a`, `label`,
-    `mask_seed`). Output: `MaskedInstance` (`input_ids` masked, `num_a`,
-    `label`, `positions`, `original_ids`).
+    Input: `sentence_pairs.InstanceBatch` (one document-round's instances:
+    `input_ids` lists, `num_a`, `labels`, `mask_seed`). Output:
+    `MaskedBatch` (padded numpy arrays, see there).
     """
 
     def __init__(
         self,
         *,
         vocab_path: str,
+        max_seq_length: int,
         masked_lm_prob: float,
         max_predictions_per_seq: int,
         whole_word_mask: bool = False,
@@ -223,13 +356,14 @@ class MaskTokens(beam.PTransform):
         super().__init__()
         if not 0.0 < masked_lm_prob < 1.0:
             raise ValueError("masked_lm_prob must be in (0, 1)")
-        if max_predictions_per_seq < 1:
-            raise ValueError("max_predictions_per_seq must be at least 1")
+        if not 1 <= max_predictions_per_seq <= max_seq_length:
+            raise ValueError("max_predictions_per_seq must be in [1, max_seq_length]")
         if random_tokens not in RANDOM_TOKENS:
             raise ValueError(f"random_tokens must be one of {RANDOM_TOKENS}")
         self._fn = _MaskFn(
             vocab_path,
             random_tokens,
+            max_seq_length=max_seq_length,
             masked_lm_prob=masked_lm_prob,
             max_predictions_per_seq=max_predictions_per_seq,
             whole_word_mask=whole_word_mask,
@@ -237,5 +371,5 @@ class MaskTokens(beam.PTransform):
             random_token_prob=random_token_prob,
         )
 
-    def expand(self, instances):
-        return instances | "Mask" >> beam.ParDo(self._fn)
+    def expand(self, batches):
+        return batches | "Mask" >> beam.ParDo(self._fn)

@@ -10,8 +10,8 @@ The chain (each stage a PTransform of its own module):
 
     ReadDocuments        (doc_id, lines)            pipelines/corpus.py
     TokenizeDocuments    (fingerprint, ids, ends)   pipelines/tokenize.py
-    CreateSentencePairs  Instance                   pipelines/sentence_pairs.py
-    MaskTokens           MaskedInstance             pipelines/masking.py
+    CreateSentencePairs  InstanceBatch (per doc)    pipelines/sentence_pairs.py
+    MaskTokens           MaskedBatch (per doc)      pipelines/masking.py
     WriteTfRecords       pretraining-SSSSS-of-NNNNN.tfrecord[.gz]
 
 Every random choice derives from (--seed, document fingerprint, round), so
@@ -66,6 +66,7 @@ def build_pipeline(p: beam.Pipeline, settings: options.PretrainingDataSettings):
     )
     masked = instances | "Mask" >> masking.MaskTokens(
         vocab_path=data.vocab_file,
+        max_seq_length=data.max_seq_length,
         masked_lm_prob=data.masked_lm_prob,
         max_predictions_per_seq=data.max_predictions_per_seq,
         whole_word_mask=data.whole_word_mask,

@@ -23,6 +23,7 @@ held in memory.
 
 from __future__ import annotations
 
+import collections
 import random
 from typing import Callable, NamedTuple, Sequence
 
@@ -177,17 +178,19 @@ def pack_pair(pair: SentencePair, cls_id: int, sep_id: int) -> tuple[list, int]:
 
 
 # === Beam ===
-class Instance(NamedTuple):
-    """An unmasked instance: what `CreateSentencePairs` emits.
+class InstanceBatch(NamedTuple):
+    """What `CreateSentencePairs` emits: one document-round's instances.
 
-    input_ids: `[CLS] A [SEP] B [SEP]` (unpadded); num_a: length of
-    `[CLS] A [SEP]`; label: sentence-task label; mask_seed: 64-bit seed
-    for masking, derived from (seed, document fingerprint, round).
+    input_ids: per instance `[CLS] A [SEP] B [SEP]` (unpadded list of ids);
+    num_a: per instance the length of `[CLS] A [SEP]`; labels: per instance
+    the sentence-task label; mask_seed: 64-bit seed for masking, drawn
+    from the document's (seed, fingerprint, round) rng. Batching per
+    document keeps Beam's per-element cost off the per-instance path.
     """
 
     input_ids: list
-    num_a: int
-    label: int
+    num_a: list
+    labels: list
     mask_seed: int
 
 
@@ -217,7 +220,7 @@ class _AssignBucketsFn(beam.DoFn):
 
 
 class _PairBucketFn(beam.DoFn):
-    """One bucket of one round -> `Instance`s of every document in it."""
+    """One bucket of one round -> an `InstanceBatch` per document in it."""
 
     def __init__(self, **params):
         self._params = params  # small scalars only
@@ -231,37 +234,50 @@ class _PairBucketFn(beam.DoFn):
         (round_, _), docs = element
         # Sort by fingerprint: the grouping's order is the runner's, the
         # random choices must not depend on it.
-        docs = sorted(docs, key=lambda d: (d[0], d[1].tobytes()))
+        # Equal fingerprints mean equal text, so ties need no tie-breaker.
+        docs = sorted(docs, key=lambda d: d[0])
         sentences = [document_sentences(flat, ends) for _, flat, ends in docs]
         cls_id, sep_id = self._ids[features.CLS], self._ids[features.SEP]
-        self._count(BUCKETS)
+        counts = collections.Counter({BUCKETS: 1})
+
+        def count(name, value=1):  # summed here, reported once per bucket
+            counts[name] += value
+
         for index, (fp, _, _) in enumerate(docs):
             if round_ == 0 and len(sentences[index]) == 1:
-                self._count(DOCUMENTS_ONE_SENTENCE)
+                count(DOCUMENTS_ONE_SENTENCE)
             rng = text.make_rng(self._seed, fp, round_)
             others = sentences[:index] + sentences[index + 1 :]
             pairs = create_pairs(
                 sentences[index],
                 others,
                 rng,
-                counter_inc_fn=self._count,
+                counter_inc_fn=count,
                 **self._params,
             )
+            if not pairs:
+                continue
             labels = [p.label for p in pairs]
-            self._count(PAIRS, len(pairs))
-            self._count(PAIRS_RANDOM_NEXT, sum(labels))
-            self._count(PAIRS_ACTUAL_NEXT, len(labels) - sum(labels))
-            for pair in pairs:
-                ids, num_a = pack_pair(pair, cls_id, sep_id)
-                yield Instance(ids, num_a, pair.label, rng.getrandbits(64))
+            count(PAIRS, len(pairs))
+            count(PAIRS_RANDOM_NEXT, sum(labels))
+            count(PAIRS_ACTUAL_NEXT, len(labels) - sum(labels))
+            packed = [pack_pair(pair, cls_id, sep_id) for pair in pairs]
+            yield InstanceBatch(
+                [ids for ids, _ in packed],
+                [num_a for _, num_a in packed],
+                labels,
+                rng.getrandbits(64),
+            )
+        for name, value in counts.items():
+            self._count(name, value)
 
 
 class CreateSentencePairs(beam.PTransform):
     """Makes NSP/SOP instances from tokenized documents, in hash buckets.
 
     Input: `(fingerprint: int, flat: np.ndarray[int32], ends: np.ndarray)`
-    per document (see `TokenizeDocuments`). Output: `Instance` tuples,
-    `dupe_factor` rounds of them per document.
+    per document (see `TokenizeDocuments`). Output: one `InstanceBatch` per
+    document and duplication round (`dupe_factor` rounds).
 
     For each duplication round every document gets a bucket key
     `hash(seed, fingerprint, round) % num_buckets`, with

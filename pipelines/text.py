@@ -45,21 +45,36 @@ def truncate_seq_pair(
     """Truncates a pair in place to at most `max_num_tokens` tokens in total.
 
     google-research/bert's rule: remove one token at a time from the longer
-    sequence, from its front or back with equal chance, to avoid biasing
-    toward either end. Returns the number of tokens removed.
+    sequence (B on a tie), from its front or back with equal chance, to
+    avoid biasing toward either end. The coin flips come from one
+    `rng.getrandbits` call and the lists are sliced once, instead of a
+    `del list[0]` per token. (tensorflow-text's trimmers cut from the end
+    only, so they do not fit this rule.) Returns the number removed.
     """
-    removed = 0
-    while True:
-        total = len(tokens_a) + len(tokens_b)
-        if total <= max_num_tokens:
-            return removed
-        trunc = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
-        assert len(trunc) >= 1
-        if rng.random() < 0.5:
-            del trunc[0]
+    len_a, len_b = len(tokens_a), len(tokens_b)
+    excess = len_a + len_b - max_num_tokens
+    if excess <= 0:
+        return 0
+    bits = rng.getrandbits(excess)
+    front_a = back_a = front_b = back_b = 0
+    for _ in range(excess):
+        front = bits & 1
+        bits >>= 1
+        if len_a > len_b:
+            len_a -= 1
+            if front:
+                front_a += 1
+            else:
+                back_a += 1
         else:
-            trunc.pop()
-        removed += 1
+            len_b -= 1
+            if front:
+                front_b += 1
+            else:
+                back_b += 1
+    tokens_a[:] = tokens_a[front_a : len(tokens_a) - back_a]
+    tokens_b[:] = tokens_b[front_b : len(tokens_b) - back_b]
+    return excess
 
 
 def counter_fn(namespace: str):

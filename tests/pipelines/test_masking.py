@@ -108,3 +108,68 @@ def test_random_tokens_any_draws_from_whole_vocab():
 def test_vocab_without_mask_token_is_refused():
     with pytest.raises(ValueError, match=r"\[MASK\]"):
         masking.masking_vocab([t for t in VOCAB if t != "[MASK]"])
+
+
+def test_batch_masking_properties_and_rates():
+    import numpy as np
+
+    vocab = masking.masking_vocab(VOCAB)
+    rng = random.Random(5)
+    rows = [_instance(rng) for _ in range(3000)]
+    width = max(map(len, rows)) + 3
+    ids = np.zeros((len(rows), width), np.int32)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+    lengths = np.array([len(r) for r in rows])
+    out, pos, orig, num = masking.create_masked_lm_predictions_batch(
+        ids,
+        lengths,
+        np.random.default_rng(0),
+        vocab=vocab,
+        masked_lm_prob=0.15,
+        max_predictions_per_seq=20,
+    )
+    replaced = collections.Counter()
+    for i, row in enumerate(rows):
+        m = int(num[i])
+        assert m == min(20, max(1, round(len(row) * 0.15)))
+        p = pos[i, :m].tolist()
+        assert p == sorted(set(p)) and not pos[i, m:].any() and not orig[i, m:].any()
+        assert not out[i, len(row) :].any()
+        restored = out[i, : len(row)].copy()
+        restored[p] = orig[i, :m]
+        assert restored.tolist() == row
+        for j, o in zip(p, orig[i, :m].tolist()):
+            assert o not in SPECIAL
+            new = int(out[i, j])
+            if new == IDS["[MASK]"]:
+                replaced["mask"] += 1
+            elif new == o:
+                replaced["kept"] += 1
+            else:
+                replaced["random"] += 1
+                assert new > 6
+    total = sum(replaced.values())
+    assert abs(replaced["mask"] / total - 0.8) < 0.02
+    assert abs(replaced["random"] / total - 0.1) < 0.015
+    assert abs(replaced["kept"] / total - 0.1) < 0.015
+
+
+def test_batch_choice_is_uniform_over_maskable_positions():
+    import numpy as np
+
+    vocab = masking.masking_vocab(VOCAB)
+    row = [IDS["[CLS]"]] + list(range(7, 17)) + [IDS["[SEP]"]]
+    ids = np.array([row] * 4000, np.int32)
+    _, pos, _, num = masking.create_masked_lm_predictions_batch(
+        ids,
+        np.full(4000, len(row)),
+        np.random.default_rng(1),
+        vocab=vocab,
+        masked_lm_prob=0.15,
+        max_predictions_per_seq=5,
+    )
+    assert (num == 2).all()
+    hits = np.bincount(pos[:, :2].ravel(), minlength=len(row))
+    assert hits[0] == 0 and hits[-1] == 0
+    assert hits[1:-1].min() > 0.8 * 800 and hits[1:-1].max() < 1.2 * 800

@@ -57,6 +57,45 @@ def test_encoder_matches_protobuf_byte_for_byte(seq, pred, vocab_size):
         assert tf.train.Example.FromString(ours) == _proto(values)
 
 
+def _batch(instances, seq, pred):
+    import numpy as np
+
+    n = len(instances)
+    b = masking.MaskedBatch(
+        np.zeros((n, seq), np.int32),
+        np.array([len(i[0]) for i in instances]),
+        np.array([i[1] for i in instances]),
+        np.array([i[2] for i in instances]),
+        np.zeros((n, pred), np.int32),
+        np.zeros((n, pred), np.int32),
+        np.array([len(i[3]) for i in instances]),
+    )
+    for r, (ids, _, _, pos, orig) in enumerate(instances):
+        b.input_ids[r, : len(ids)] = ids
+        b.positions[r, : len(pos)] = pos
+        b.original_ids[r, : len(orig)] = orig
+    return b
+
+
+@pytest.mark.parametrize("seq,pred,vocab_size", [(128, 20, 30522), (8, 5, 300)])
+def test_batch_encoder_matches_single_encoder(seq, pred, vocab_size):
+    encoder = tfrecords.ExampleEncoder(seq, pred, vocab_size)
+    rng = random.Random(1)
+    instances = [_instance(rng, seq, pred, vocab_size) for _ in range(200)]
+    assert encoder.encode_batch(_batch(instances, seq, pred)) == [
+        encoder.encode(*inst) for inst in instances
+    ]
+
+
+def test_varint_rows_matches_protobuf_varints():
+    import numpy as np
+
+    values = np.array([[0, 1, 127, 128], [16383, 16384, 2**21 - 1, 2**21]])
+    packed, offsets = tfrecords.varint_rows(values)
+    want = [b"".join(tfrecords.varint(int(v)) for v in row) for row in values]
+    assert [packed[offsets[i] : offsets[i + 1]] for i in range(2)] == want
+
+
 def test_encoder_refuses_overlong_instances():
     encoder = tfrecords.ExampleEncoder(8, 2, 100)
     with pytest.raises(ValueError):
@@ -68,10 +107,7 @@ def test_write_tf_records_shards_parse_with_bert_spec(tmp_path, compression):
     seq, pred = 16, 3
     rng = random.Random(0)
     instances = [_instance(rng, seq, pred, 50) for _ in range(40)]
-    masked = [
-        masking.MaskedInstance(ids, num_a, label, pos, orig)
-        for ids, num_a, label, pos, orig in instances
-    ]
+    masked = [_batch(instances[:25], seq, pred), _batch(instances[25:], seq, pred)]
     with TestPipeline() as p:
         _ = (
             p
