@@ -46,6 +46,7 @@ class PretrainingDataSettings:
     data: DataConfig  # the record settings (written to config.yaml)
     input: str  # glob or comma-separated globs
     input_files: tuple  # what they matched, sorted
+    empty_files: tuple  # zero-byte matches (Beam skips them; we report them)
     output_dir: str
     num_shards: int
     compression: str  # "none" or "gzip"
@@ -173,6 +174,7 @@ def parse(argv: list[str] | None):
         data=data,
         input=args.input,
         input_files=tuple(files),
+        empty_files=tuple(corpus.empty_files(files)),
         output_dir=args.output_dir,
         num_shards=args.num_shards,
         compression=args.compression,

@@ -176,6 +176,7 @@ def write_metadata(settings, result, seconds: float) -> dict:
         "vocab_file": data.vocab_file,
         "inputs": [settings.input],
         "input_files": list(settings.input_files),
+        "input_files_empty": list(settings.empty_files),
         "compression": settings.compression,
         "tool_version": metadata.tool_version(),
         "shards": [s.rsplit("/", 1)[-1] for s in shards],
@@ -225,6 +226,8 @@ def summary(meta: dict) -> str:
             w in k for w in ("skipped", "dropped", "undecodable", "lack", "too-long")
         )
     }
+    if meta.get("input_files_empty"):
+        skipped["input-files-empty"] = len(meta["input_files_empty"])
     if skipped:
         lines.append(
             "  skipped/dropped: " + ", ".join(f"{k}={v}" for k, v in skipped.items())
@@ -251,7 +254,9 @@ def run(argv=None) -> dict:
 
 
 def main(argv=None):
-    logging.getLogger().setLevel(logging.WARNING)
+    # Beam's own INFO chatter stays hidden; our progress lines show.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("pipelines").setLevel(logging.INFO)
     try:
         run(argv)
     except options.UsageError as e:

@@ -229,6 +229,7 @@ class _PairBucketFn(beam.DoFn):
 
     def setup(self):
         self._count = text.counter_fn(NAMESPACE)
+        self._progress = text.Progress("CreateSentencePairs", "instances")
 
     def process(self, element):
         (round_, _), docs = element
@@ -270,6 +271,7 @@ class _PairBucketFn(beam.DoFn):
             )
         for name, value in counts.items():
             self._count(name, value)
+        self._progress.add(counts[PAIRS])
 
 
 class CreateSentencePairs(beam.PTransform):

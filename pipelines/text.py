@@ -95,3 +95,29 @@ def counter_fn(namespace: str):
             counter.inc(value)
 
     return inc
+
+
+class Progress:
+    """Logs `label: N units so far (R/s)` at most every `every_s` seconds,
+    so a long run shows it is moving (per worker; Beam counters hold the
+    totals)."""
+
+    def __init__(self, label: str, unit: str, every_s: float = 30.0):
+        import logging
+        import time
+
+        self._log = logging.getLogger("pipelines.progress")
+        self._clock = time.monotonic
+        self._label, self._unit, self._every = label, unit, every_s
+        self._start = self._last = self._clock()
+        self._n = 0
+
+    def add(self, n: int = 1) -> None:
+        self._n += n
+        now = self._clock()
+        if now - self._last >= self._every:
+            self._last = now
+            rate = self._n / max(now - self._start, 1e-9)
+            self._log.info(
+                "%s: %d %s so far (%.0f/s)", self._label, self._n, self._unit, rate
+            )

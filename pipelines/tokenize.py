@@ -45,6 +45,7 @@ class _TokenizeBatchFn(beam.DoFn):
         self._unk_id = features.special_token_ids(vocab)[features.UNK]
         self._tf = tf
         self._count = text.counter_fn(NAMESPACE)
+        self._progress = text.Progress("TokenizeDocuments", "documents")
 
     def process(self, batch):
         lines = [line for _, doc_lines in batch for line in doc_lines]
@@ -56,6 +57,7 @@ class _TokenizeBatchFn(beam.DoFn):
             values, splits = np.zeros(0, np.int32), np.zeros(1, np.int64)
         self._count(TOKENS, len(values))
         self._count(TOKENS_UNKNOWN, int(np.count_nonzero(values == self._unk_id)))
+        self._progress.add(len(batch))
         line = 0
         for _, doc_lines in batch:
             n = len(doc_lines)

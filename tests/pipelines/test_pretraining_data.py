@@ -163,6 +163,7 @@ def test_bad_data_is_counted_not_fatal(tmp_path, vocab_file):
     assert c["TokenizeDocuments/documents-skipped-empty"] == 1
     assert c["CreateSentencePairs/documents-with-one-sentence"] == 1
     assert meta["num_examples"] > 0 and meta["sentence_task"] == "sop"
+    assert meta["input_files_empty"] == [str(data / "empty.txt")]
 
 
 @pytest.mark.parametrize(
