@@ -425,6 +425,9 @@ def train_one(
 
     ft = cfg.finetune
     os.makedirs(run_dir, exist_ok=True)
+    log = os.path.join(run_dir, METRICS_LOG_FILE)
+    if os.path.exists(log):
+        os.remove(log)  # a rerun into the same model_dir starts a fresh log
     keras.utils.set_random_seed(seed)
     steps_per_epoch = max(1, math.ceil(n_train / ft.batch_size))
     epochs = ft.epochs
