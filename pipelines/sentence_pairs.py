@@ -16,9 +16,8 @@ sentences filling the target; a random split point making segment A; then
 
 `truncate_seq_pair` trims the pair longest-first from a random end.
 The difference from google-research/bert is where the random documents
-come from: a bucket of about `bucket_size` documents chosen by hash for each
-duplication round (DESIGN.md "Randomness and scale"), not the whole corpus
-held in memory.
+come from: a bucket of about `bucket_size` documents chosen by hash
+(DESIGN.md "Randomness and scale"), not the whole corpus held in memory.
 """
 
 from __future__ import annotations
@@ -206,36 +205,33 @@ def document_sentences(flat: np.ndarray, ends: np.ndarray) -> list[list[int]]:
 
 
 class _AssignBucketsFn(beam.DoFn):
-    """`(fingerprint, flat, ends)` -> `((round, bucket), doc)` per round."""
+    """`(fingerprint, flat, ends)` -> `(bucket, doc)`, the bucket a hash."""
 
-    def __init__(self, seed: int, dupe_factor: int):
+    def __init__(self, seed: int):
         self._seed = seed
-        self._dupe_factor = dupe_factor
 
     def process(self, doc, num_buckets):
-        fp = doc[0]
-        for round_ in range(self._dupe_factor):
-            bucket = text.derive_seed(self._seed, fp, round_, 1) % num_buckets
-            yield (round_, bucket), doc
+        yield text.derive_seed(self._seed, doc[0], 1) % num_buckets, doc
 
 
 class _PairBucketFn(beam.DoFn):
-    """One bucket of one round -> an `InstanceBatch` per document in it."""
+    """One bucket -> an `InstanceBatch` per document and round."""
 
     def __init__(self, **params):
         self._params = params  # small scalars only
         self._seed = params.pop("seed")
         self._ids = params.pop("special_ids")
+        self._dupe_factor = params.pop("dupe_factor")
 
     def setup(self):
         self._count = text.counter_fn(NAMESPACE)
         self._progress = text.Progress("CreateSentencePairs", "instances")
 
     def process(self, element):
-        (round_, _), docs = element
+        _, docs = element
         # Sort by fingerprint: the grouping's order is the runner's, the
-        # random choices must not depend on it.
-        # Equal fingerprints mean equal text, so ties need no tie-breaker.
+        # random choices must not depend on it. Equal fingerprints mean
+        # equal text, so ties need no tie-breaker.
         docs = sorted(docs, key=lambda d: d[0])
         sentences = [document_sentences(flat, ends) for _, flat, ends in docs]
         cls_id, sep_id = self._ids[features.CLS], self._ids[features.SEP]
@@ -244,31 +240,31 @@ class _PairBucketFn(beam.DoFn):
         def count(name, value=1):  # summed here, reported once per bucket
             counts[name] += value
 
-        for index, (fp, _, _) in enumerate(docs):
-            if round_ == 0 and len(sentences[index]) == 1:
-                count(DOCUMENTS_ONE_SENTENCE)
-            rng = text.make_rng(self._seed, fp, round_)
-            others = sentences[:index] + sentences[index + 1 :]
-            pairs = create_pairs(
-                sentences[index],
-                others,
-                rng,
-                counter_inc_fn=count,
-                **self._params,
-            )
-            if not pairs:
-                continue
-            labels = [p.label for p in pairs]
-            count(PAIRS, len(pairs))
-            count(PAIRS_RANDOM_NEXT, sum(labels))
-            count(PAIRS_ACTUAL_NEXT, len(labels) - sum(labels))
-            packed = [pack_pair(pair, cls_id, sep_id) for pair in pairs]
-            yield InstanceBatch(
-                [ids for ids, _ in packed],
-                [num_a for _, num_a in packed],
-                labels,
-                rng.getrandbits(64),
-            )
+        count(DOCUMENTS_ONE_SENTENCE, sum(len(s) == 1 for s in sentences))
+        for round_ in range(self._dupe_factor):
+            for index, (fp, _, _) in enumerate(docs):
+                rng = text.make_rng(self._seed, fp, round_)
+                others = sentences[:index] + sentences[index + 1 :]
+                pairs = create_pairs(
+                    sentences[index],
+                    others,
+                    rng,
+                    counter_inc_fn=count,
+                    **self._params,
+                )
+                if not pairs:
+                    continue
+                labels = [p.label for p in pairs]
+                count(PAIRS, len(pairs))
+                count(PAIRS_RANDOM_NEXT, sum(labels))
+                count(PAIRS_ACTUAL_NEXT, len(labels) - sum(labels))
+                packed = [pack_pair(pair, cls_id, sep_id) for pair in pairs]
+                yield InstanceBatch(
+                    [ids for ids, _ in packed],
+                    [num_a for _, num_a in packed],
+                    labels,
+                    rng.getrandbits(64),
+                )
         for name, value in counts.items():
             self._count(name, value)
         self._progress.add(counts[PAIRS])
@@ -281,12 +277,16 @@ class CreateSentencePairs(beam.PTransform):
     per document (see `TokenizeDocuments`). Output: one `InstanceBatch` per
     document and duplication round (`dupe_factor` rounds).
 
-    For each duplication round every document gets a bucket key
-    `hash(seed, fingerprint, round) % num_buckets`, with
-    `num_buckets = ceil(num_documents / bucket_size)`; a GroupByKey gathers
-    each bucket, so random next sentences come from the ~`bucket_size`
-    other documents of that bucket and a worker holds one bucket at a time.
-    Membership, and so every record, is independent of runner and workers.
+    Every document gets a bucket key `hash(seed, fingerprint) %
+    num_buckets`, with `num_buckets = ceil(num_documents / bucket_size)`; a
+    GroupByKey gathers each bucket, so random next sentences come from the
+    ~`bucket_size` other documents of that bucket and a worker holds one
+    bucket at a time. All `dupe_factor` rounds of a bucket are made there,
+    each document-round with its own rng from (seed, fingerprint, round):
+    the shuffle carries each document's tokens once, not `dupe_factor`
+    times (10x less shuffle at bert's default), at the price of the same
+    ~`bucket_size` partner documents in every round. Membership, and so
+    every record, is independent of runner and workers.
     """
 
     def __init__(
@@ -330,7 +330,7 @@ class CreateSentencePairs(beam.PTransform):
             docs
             | "AssignBuckets"
             >> beam.ParDo(
-                _AssignBucketsFn(self._seed, self._dupe_factor),
+                _AssignBucketsFn(self._seed),
                 beam.pvalue.AsSingleton(num_buckets),
             )
             | "GroupBuckets" >> beam.GroupByKey()
@@ -338,6 +338,7 @@ class CreateSentencePairs(beam.PTransform):
             >> beam.ParDo(
                 _PairBucketFn(
                     seed=self._seed,
+                    dupe_factor=self._dupe_factor,
                     special_ids=self._special_ids,
                     max_seq_length=self._max_seq_length,
                     short_seq_prob=self._short_seq_prob,

@@ -43,6 +43,8 @@ class _TokenizeBatchFn(beam.DoFn):
         vocab = features.read_vocab(self._vocab_path)
         self._tokenizer = tokenization.build_tokenizer(vocab, self._do_lower_case)
         self._unk_id = features.special_token_ids(vocab)[features.UNK]
+        # Ids travel through the bucket shuffle: 2 bytes each when they fit.
+        self._dtype = np.uint16 if len(vocab) <= 1 << 16 else np.int32
         self._tf = tf
         self._count = text.counter_fn(NAMESPACE)
         self._progress = text.Progress("TokenizeDocuments", "documents")
@@ -51,10 +53,10 @@ class _TokenizeBatchFn(beam.DoFn):
         lines = [line for _, doc_lines in batch for line in doc_lines]
         if lines:
             ragged = self._tokenizer.tokenize(self._tf.constant(lines))
-            values = ragged.flat_values.numpy().astype(np.int32)
+            values = ragged.flat_values.numpy().astype(self._dtype)
             splits = ragged.row_splits.numpy()
         else:
-            values, splits = np.zeros(0, np.int32), np.zeros(1, np.int64)
+            values, splits = np.zeros(0, self._dtype), np.zeros(1, np.int64)
         self._count(TOKENS, len(values))
         self._count(TOKENS_UNKNOWN, int(np.count_nonzero(values == self._unk_id)))
         self._progress.add(len(batch))
@@ -86,8 +88,9 @@ class TokenizeDocuments(beam.PTransform):
     """Tokenizes documents with tensorflow-text, in batches.
 
     Input: `(doc_id: str, lines: list[str])`. Output: one
-    `(fingerprint: int, flat: np.ndarray[int32], ends: np.ndarray[int32])`
-    per document with at least one token: the WordPiece ids of all its
+    `(fingerprint: int, flat: np.ndarray, ends: np.ndarray[int32])` per
+    document with at least one token: the WordPiece ids (uint16 for
+    vocabularies of at most 65,536 tokens, else int32) of all its
     sentences back to back, and each sentence's end offset in `flat`.
     `fingerprint` is `text.fingerprint(lines)`, the document's identity for
     every later random choice. Documents without tokens are counted

@@ -121,10 +121,11 @@ def test_bucket_pairing_ignores_element_order(vocab_ids):
         max_seq_length=24,
         short_seq_prob=0.1,
         sentence_task="nsp",
+        dupe_factor=2,
     )
     fn.setup()
-    first = list(fn.process(((0, 0), docs)))
-    second = list(fn.process(((0, 0), docs[::-1])))
+    first = list(fn.process((0, docs)))
+    second = list(fn.process((0, docs[::-1])))
     assert first == second and sum(len(b.labels) for b in first) > 10
 
 
