@@ -51,8 +51,8 @@ def _flags(argv=None):
     p.add_argument("--pretrain_steps", type=int, default=3000)
     p.add_argument("--pretrain_lr", type=float, default=2e-4)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--learning_rate", type=float, default=1e-4)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--learning_rate", type=float, default=3e-4)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--max_seq_length", type=int, default=64)
     p.add_argument(

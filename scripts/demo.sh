@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${DEMO_OUTPUT:-demo_output}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-200}
-FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-2}
+FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-4}
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONWARNINGS=ignore
 START=$(date +%s)
 
@@ -54,7 +54,7 @@ stage 4 "fine-tune on the SST-2 sample from the pretrained encoder -> $OUT/sst2_
   --init_checkpoint="$OUT/pretrain" \
   --vocab=data/vocab.txt \
   --model_dir="$OUT/sst2_model" \
-  --epochs="$FINETUNE_EPOCHS" --learning_rate=1e-4
+  --epochs="$FINETUNE_EPOCHS" --learning_rate=3e-4
 
 stage 5 "export a raw-string SavedModel -> $OUT/sst2_serving"
 "$PY" -m model.export --model_dir="$OUT/sst2_model" --export_dir="$OUT/sst2_serving"
