@@ -7,6 +7,11 @@ positions uniformly among the maskable ones (whole words together with
 random token (10%) or keep it (10%). Positions come back sorted, with the
 original ids, so the record keeps everything needed to re-mask later.
 
+`create_masked_lm_predictions` (one instance, `random.Random`) is the
+reference; `create_masked_lm_predictions_batch` applies the same rule to a
+padded `[n, L]` array with one numpy Generator, which is what `MaskTokens`
+runs (whole-word masking goes through the reference per instance).
+
 Differences from google-research/bert, both deliberate (USERS.md #9):
 * No special token is ever chosen: `[CLS]`, `[SEP]`, `[PAD]`, `[MASK]` and
   `[UNK]` (predicting `[UNK]` teaches nothing). bert excluded only
