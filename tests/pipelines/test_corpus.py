@@ -5,7 +5,6 @@ import json
 
 import apache_beam as beam
 import pytest
-from apache_beam.io.restriction_trackers import OffsetRange  # noqa: F401
 from apache_beam.io import source_test_utils
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
