@@ -123,9 +123,10 @@ def pretraining_loss_terms(batch, outputs):
     ids = ops.cast(batch[features.MASKED_LM_IDS], "int32")
     weights = ops.cast(batch[features.MASKED_LM_WEIGHTS], "float32")
     token_loss = ops.sparse_categorical_crossentropy(ids, mlm_logits, from_logits=True)
-    token_correct = ops.cast(
-        ops.equal(ops.cast(ops.argmax(mlm_logits, axis=-1), "int32"), ids), "float32"
-    )
+    # Correct when the target's logit is the largest: a max reduction that
+    # the softmax needs anyway (XLA shares it), unlike a separate argmax.
+    target_logit = ops.take_along_axis(mlm_logits, ids[..., None], axis=-1)[..., 0]
+    token_correct = ops.cast(target_logit >= ops.max(mlm_logits, axis=-1), "float32")
     sentence_logits = outputs[SENTENCE_LOGITS]
     labels = ops.reshape(ops.cast(batch[features.NEXT_SENTENCE_LABELS], "int32"), (-1,))
     sentence_loss = ops.sparse_categorical_crossentropy(

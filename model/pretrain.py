@@ -255,6 +255,12 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint=""):
 
     # === Input pipeline (one per worker/host) ===
     masker = None
+    if p.masking == "dynamic" and cfg.data.whole_word_mask:
+        print(
+            "note: --masking=dynamic masks wordpieces independently "
+            "(data.whole_word_mask applies to static masks only)",
+            flush=True,
+        )
     if p.masking == "dynamic":
         masker = DynamicMasker(
             vocab,
