@@ -42,7 +42,10 @@ COUNTER_NAMES = (
 # The learner's own default (`wordpiece_tokenizer_learner_lib.learn`'s
 # `max_token_length`): longer words are split to [UNK]-prone pieces anyway.
 DEFAULT_MAX_WORD_LENGTH = 50
-DEFAULT_MAX_BATCH_SIZE = 1024  # lines per BasicTokenizer call
+# Lines are batched by characters (a few long lines must not make a huge
+# batch): ~7,000 typical lines per BasicTokenizer call amortize its
+# per-call cost; see benchmarks/vocab.py.
+DEFAULT_MAX_BATCH_CHARS = 1 << 20
 DEFAULT_MAX_PENDING_WORDS = 200_000  # distinct words held per worker
 
 
@@ -110,14 +113,21 @@ class _SplitAndCountFn(beam.DoFn):
 
     def setup(self):
         # Built once per worker: loading TF ops per element would dominate.
-        self._splitter = build_word_splitter(self._do_lower_case)
+        # A traced graph: cheaper per batch than eager ragged-tensor ops.
+        import tensorflow as tf
+
+        splitter = build_word_splitter(self._do_lower_case)
+        self._splitter = tf.function(
+            lambda lines: splitter.tokenize(lines).flat_values,
+            input_signature=[tf.TensorSpec([None], tf.string)],
+        )
 
     def start_bundle(self):
         self._pending = {}
 
     def process(self, lines: list[str], window=beam.DoFn.WindowParam):
         _beam_count(LINES_COUNTED, len(lines))
-        words = self._splitter.tokenize(lines).flat_values.numpy().tolist()
+        words = self._splitter(lines).numpy().tolist()
         counts = count_batch(
             words,
             max_word_length=self._max_word_length,
@@ -134,6 +144,10 @@ class _SplitAndCountFn(beam.DoFn):
             for word_count in pending.items():
                 yield WindowedValue(word_count, window.max_timestamp(), [window])
         self._pending = {}
+
+
+def _batch_weight(line: str) -> int:
+    return len(line) + 1  # empty lines still cost a little
 
 
 def _keep_frequent(word_count: tuple[str, int], min_count: int) -> bool:
@@ -161,7 +175,8 @@ class CountWords(beam.PTransform):
             the tokenizer that will use the vocabulary.
         max_word_length: words longer than this many characters are dropped.
         min_count: words seen fewer times in the whole corpus are dropped.
-        max_batch_size: most lines per BasicTokenizer call.
+        max_batch_chars: most characters per BasicTokenizer call (a longer
+            line is a batch of its own).
         max_pending_words: most distinct words a worker combines before
             emitting partial counts (bounds its memory).
     """
@@ -172,7 +187,7 @@ class CountWords(beam.PTransform):
         do_lower_case: bool = True,
         max_word_length: int = DEFAULT_MAX_WORD_LENGTH,
         min_count: int = 1,
-        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_batch_chars: int = DEFAULT_MAX_BATCH_CHARS,
         max_pending_words: int = DEFAULT_MAX_PENDING_WORDS,
     ):
         super().__init__()
@@ -180,21 +195,22 @@ class CountWords(beam.PTransform):
             raise ValueError(f"max_word_length must be >= 1, got {max_word_length}")
         if min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {min_count}")
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_batch_chars < 1:
+            raise ValueError(f"max_batch_chars must be >= 1, got {max_batch_chars}")
         if max_pending_words < 1:
             raise ValueError(f"max_pending_words must be >= 1, got {max_pending_words}")
         self._do_lower_case = bool(do_lower_case)
         self._max_word_length = max_word_length
         self._min_count = min_count
-        self._max_batch_size = max_batch_size
+        self._max_batch_chars = max_batch_chars
         self._max_pending_words = max_pending_words
 
     def expand(self, lines):
         # Batch lines: one tensorflow-text call per batch, not per string.
         batches = lines | "BatchLines" >> beam.BatchElements(
-            min_batch_size=min(64, self._max_batch_size),
-            max_batch_size=self._max_batch_size,
+            min_batch_size=min(1 << 16, self._max_batch_chars),
+            max_batch_size=self._max_batch_chars,
+            element_size_fn=_batch_weight,
         )
         # Split into words and pre-aggregate inside each bundle.
         partial_counts = batches | "SplitAndCount" >> beam.ParDo(

@@ -70,7 +70,7 @@ def test_flushing_partial_counts_early_gives_the_same_counts():
     lines = LINES * 50
     expected = [("the", 150), ("cat", 50), ("dog", 50), (",", 50), (".", 50)]
     expected += [("cafe", 50), ("deja", 50), ("vu", 50), ("end", 50)]
-    counters = _run(lines, equal_to(expected), max_batch_size=3, max_pending_words=1)
+    counters = _run(lines, equal_to(expected), max_batch_chars=30, max_pending_words=1)
     assert counters[word_counts.WORDS_COUNTED] == 11 * 50
 
 
@@ -103,7 +103,7 @@ def test_count_words_counters_and_filters():
     [
         {"min_count": 0},
         {"max_word_length": 0},
-        {"max_batch_size": 0},
+        {"max_batch_chars": 0},
         {"max_pending_words": 0},
     ],
 )
