@@ -25,7 +25,6 @@ Every flag this job does not know goes to Beam's `PipelineOptions`.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
