@@ -261,3 +261,25 @@ def test_portable_runner_loopback(tmp_path, corpus_file, vocab_file):
     )
     assert read_records(a) == read_records(b)
     assert meta["num_examples"] == len(read_records(b))
+
+
+def test_whole_word_mask_sop_gzip_records_parse(tmp_path, corpus_file, vocab_file):
+    out = str(tmp_path / "out")
+    meta = pretraining_data.run(
+        _argv(
+            corpus_file,
+            vocab_file,
+            out,
+            "--whole_word_mask",
+            "--sentence_task=sop",
+            "--compression=gzip",
+            "--random_tokens=any",
+        )
+    )
+    files = sorted(glob.glob(os.path.join(out, "pretraining-*.tfrecord.gz")))
+    assert len(files) == 2 and meta["whole_word_mask"] is True
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP").map(
+        lambda r: tf.io.parse_single_example(r, bert_spec(SEQ, PRED))
+    )
+    labels = [int(x["next_sentence_labels"][0]) for x in ds]
+    assert len(labels) == meta["num_examples"] and set(labels) == {0, 1}
