@@ -62,6 +62,9 @@ def _flags(argv=None):
         "a smoke run whose numbers are NOT the benchmark",
     )
     p.add_argument("--skip_pretrain", action="store_true", help="reuse out_dir")
+    p.add_argument(
+        "--baseline_only", action="store_true", help="only TF-IDF + LR (seconds)"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.corpus = f"{SHARED}/corpus-small/sample.txt"
@@ -190,6 +193,8 @@ def main(argv=None):
     results = {"quick": args.quick, "args": vars(args)}
     results["tfidf"] = tfidf_baseline(args.train, args.dev)
     print(f"TF-IDF + LR dev accuracy {results['tfidf']['accuracy']:.4f}", flush=True)
+    if args.baseline_only:
+        return results
     if args.skip_pretrain:
         results["pretrain"] = {"model_dir": os.path.join(args.out_dir, "pretrain")}
     else:
