@@ -95,6 +95,13 @@ def main():
     parser.add_argument("--predictions", type=int, default=20)
     parser.add_argument("--vocab", type=int, default=30522)
     parser.add_argument("--precision", default="mixed_bfloat16")
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument(
+        "--backbone_only",
+        action="store_true",
+        help="ablation: train the encoder alone (loss = mean square of "
+        "sequence_output), to separate encoder from head cost",
+    )
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--window_steps", type=int, default=10)
     parser.add_argument("--peak_tflops", type=float, default=0.0)
@@ -116,9 +123,10 @@ def main():
         hidden_dim=hidden,
         intermediate_dim=intermediate,
         max_sequence_length=max(512, args.seq),
+        dropout=args.dropout,
         dtype=args.precision,
     )
-    model = BertPretrainer(backbone)
+    model = backbone if args.backbone_only else BertPretrainer(backbone)
     total_steps = (args.windows + 1) * args.window_steps + 1
     optimizer = create_optimizer(
         learning_rate=1e-4,
@@ -130,9 +138,17 @@ def main():
     input_keys = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions")
 
     def loss_fn(trainable, non_trainable, batch):
+        if args.backbone_only:
+            model_inputs = {k: batch[k] for k in input_keys[:3]}
+        else:
+            model_inputs = {k: batch[k] for k in input_keys}
         outputs, non_trainable = model.stateless_call(
-            trainable, non_trainable, {k: batch[k] for k in input_keys}, training=True
+            trainable, non_trainable, model_inputs, training=True
         )
+        if args.backbone_only:
+            sequence = keras.ops.cast(outputs["sequence_output"], "float32")
+            loss = keras.ops.mean(keras.ops.square(sequence))
+            return loss, (non_trainable, {"loss": loss})
         losses = pretraining_losses(batch, outputs)
         return losses["loss"], (non_trainable, losses)
 
@@ -186,6 +202,8 @@ def main():
         "batch_size": args.batch_size,
         "seq": args.seq,
         "precision": args.precision,
+        "dropout": args.dropout,
+        "backbone_only": args.backbone_only,
         "compile_s": round(compile_s, 1),
         "first_loss": round(first_loss, 4),
         "last_loss": round(float(losses["loss"]), 4),
@@ -215,6 +233,7 @@ def run_other_backend(args):
         hidden_dim=hidden,
         intermediate_dim=intermediate,
         max_sequence_length=max(512, args.seq),
+        dropout=args.dropout,
         dtype=args.precision,
     )
     model = BertPretrainer(backbone)

@@ -162,6 +162,12 @@ class BertBackbone(keras.Model):
             dtype=dtype,
             **kwargs,
         )
+        # A functional Model does not adopt `dtype` as its own policy; task
+        # heads read `backbone.dtype_policy` to match the encoder, so set it
+        # (as keras-hub's `Backbone` does). Without this the heads of a
+        # mixed_bfloat16 backbone silently ran in float32.
+        if dtype is not None:
+            self.dtype_policy = keras.dtype_policies.get(dtype)
 
         # === Config ===
         self.vocabulary_size = vocabulary_size
