@@ -86,11 +86,11 @@ def test_tiny_model_overfits_a_fixed_batch(tmp_path):
         tiny_flags(
             data,
             model_dir,
-            steps=60,
-            learning_rate=1e-2,
-            warmup_steps=5,
+            steps=40,
+            learning_rate=2e-2,
+            warmup_steps=4,
             log_every=10,
-            save_every=60,
+            save_every=40,
             jit_compile="true",
             steps_per_loop=10,
         )
