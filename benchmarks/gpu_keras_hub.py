@@ -16,7 +16,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,6 +29,7 @@ from benchmarks.gpu_throughput import (  # noqa: E402
     flops_per_sequence,
     peak_tflops,
     synthetic_batch,
+    time_jitted_step,
 )
 from model.optimization import create_optimizer  # noqa: E402
 
@@ -126,18 +126,9 @@ def main():
         )
         for _ in range(4)
     ]
-    t0 = time.time()
-    state, loss = train_step(state, batches[0])
-    jax.block_until_ready(loss)
-    compile_s = time.time() - t0
-    rates, step = [], 1
-    for _ in range(args.windows):
-        t0 = time.time()
-        for _ in range(args.window_steps):
-            state, loss = train_step(state, batches[step % len(batches)])
-            step += 1
-        jax.block_until_ready(loss)
-        rates.append(args.window_steps * args.batch_size / (time.time() - t0))
+    compile_s, _, loss, rates, _ = time_jitted_step(
+        train_step, state, batches, args.windows, args.window_steps, args.batch_size
+    )
     seq_per_s = statistics.median(rates)
     flops = flops_per_sequence(
         layers, hidden, intermediate, args.vocab, args.seq, args.predictions
