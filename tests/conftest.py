@@ -4,16 +4,12 @@ Three small helpers, no harness. Slow tests are marked `@pytest.mark.slow`
 and run only with `--run_slow` (keras-hub's `--run_large` pattern).
 """
 
-import os
 import string
 
 import pytest
 
 from configs.schema import ModelConfig
-
-SHARED_DATA = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"
-)
+from testdata import SHARED_DATA, shared_data  # noqa: F401 (re-exported)
 
 CORPUS_TEXT = """\
 The quick brown fox jumps over the lazy dog.
@@ -100,11 +96,3 @@ def tiny_model_config(vocab_tokens):
         max_sequence_length=64,
         dropout=0.0,
     )
-
-
-def shared_data(*parts):
-    """Path under ../shared/data, or skips the test where it is absent."""
-    path = os.path.join(SHARED_DATA, *parts)
-    if not os.path.exists(path):
-        pytest.skip(f"shared data not available: {path}")
-    return path

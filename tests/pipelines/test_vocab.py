@@ -11,7 +11,7 @@ from configs import features
 from configs.tokenization import build_tokenizer, build_word_splitter
 from pipelines import vocab
 
-from conftest import shared_data
+from testdata import shared_data
 
 # Inline training text: varied enough that ~120 tokens are reachable.
 TRAIN_TEXT = """\
