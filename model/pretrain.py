@@ -147,6 +147,10 @@ def check_data(cfg, data):
                 f"model.vocabulary_size is {cfg.model.vocabulary_size}"
             )
         features.special_token_ids(vocab)
+    if vocab_path:
+        # Recorded so that `train` can copy it into model_dir, where
+        # `model.finetune --init_checkpoint=model_dir` finds it.
+        cfg = cfg.replace(data=dataclasses.replace(cfg.data, vocab_file=vocab_path))
     return cfg, files, meta, vocab
 
 
@@ -168,6 +172,29 @@ def _find_vocab(cfg, data_dir, meta):
     if cfg.data.vocab_file:
         raise ConfigError(f"data.vocab_file {cfg.data.vocab_file} not found")
     return None
+
+
+def _copy_vocab(cfg, model_dir):
+    """Copies the records' vocabulary to `model_dir/vocab.txt` (if known).
+
+    A pretraining run then carries everything fine-tuning and export need:
+    weights, config and the exact vocabulary its embedding rows index.
+    """
+    import tensorflow as tf
+
+    source = cfg.data.vocab_file
+    if not source or not tf.io.gfile.exists(source):
+        return
+    if len(features.read_vocab(source)) != cfg.model.vocabulary_size:
+        print(
+            f"note: {source} does not match model.vocabulary_size "
+            f"{cfg.model.vocabulary_size}; not copied to {model_dir}",
+            flush=True,
+        )
+        return
+    target = os.path.join(model_dir, "vocab.txt")
+    if os.path.abspath(source) != os.path.abspath(target):
+        tf.io.gfile.copy(source, target, overwrite=True)
 
 
 def run(argv=None):
@@ -218,6 +245,7 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint=""):
         )
     if chief:
         dump_config(cfg, model_dir)
+        _copy_vocab(cfg, model_dir)
     keras.utils.set_random_seed(p.seed)
 
     # === Model, optimizer, checkpoint (in the strategy's scope) ===

@@ -71,10 +71,12 @@ def test_raw_text_to_served_predictions(tmp_path, vocab_file, vocab_tokens):
             "--set=data.max_predictions_per_seq=5",
             "--set=finetune.max_seq_length=32",
             "--set=pretrain.shuffle_buffer=8",
-            f"--set=data.vocab_file={vocab_file}",
         ]
         + TINY_MODEL
     )
+    # The run found the vocabulary through the records' metadata.json and
+    # carries a copy, so fine-tuning needs no --vocab.
+    assert (pretrain_dir / "vocab.txt").read_text() == open(vocab_file).read()
     train = tmp_path / "train.tsv"
     train.write_text(
         "sentence\tlabel\na good film\t1\na bad film\t0\ngreat\t1\nterrible\t0\n"
@@ -87,7 +89,6 @@ def test_raw_text_to_served_predictions(tmp_path, vocab_file, vocab_tokens):
             f"--eval={train}",
             f"--model_dir={model_dir}",
             f"--init_checkpoint={pretrain_dir}",
-            f"--vocab={vocab_file}",
             "--max_steps=1",
             "--batch_size=4",
             "--set=finetune.max_seq_length=32",
