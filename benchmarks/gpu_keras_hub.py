@@ -11,7 +11,6 @@ NSP/SOP head: its step does the masked-LM loss only, which slightly favours
 it. FLOPs and MFU use the same formula as `gpu_throughput.py`.
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -27,6 +26,7 @@ import numpy as np  # noqa: E402
 from benchmarks.gpu_throughput import (  # noqa: E402
     SIZES,
     flops_per_sequence,
+    parse_args,
     peak_tflops,
     synthetic_batch,
     time_jitted_step,
@@ -37,25 +37,7 @@ from model.optimization import create_optimizer  # noqa: E402
 def main():
     import jax
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", default="base", choices=sorted(SIZES))
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--predictions", type=int, default=20)
-    parser.add_argument("--vocab", type=int, default=30522)
-    parser.add_argument("--precision", default="mixed_bfloat16")
-    parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument(
-        "--backbone_only",
-        action="store_true",
-        help="ablation: train the encoder alone (loss = mean square of "
-        "sequence_output), to separate encoder from head cost",
-    )
-    parser.add_argument("--windows", type=int, default=5)
-    parser.add_argument("--window_steps", type=int, default=10)
-    parser.add_argument("--peak_tflops", type=float, default=0.0)
-    parser.add_argument("--json", default="")
-    args = parser.parse_args()
+    args = parse_args(__doc__.split("\n")[0])
 
     layers, heads, hidden, intermediate = SIZES[args.size]
     keras.utils.set_random_seed(0)

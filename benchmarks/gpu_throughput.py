@@ -113,8 +113,9 @@ def time_jitted_step(train_step, state, batches, windows, window_steps, batch_si
     return compile_s, first, last, rates, step
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(description):
+    """The flags both GPU scripts share (sizes, precision, timing windows)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--size", default="base", choices=sorted(SIZES))
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--seq", type=int, default=128)
@@ -132,7 +133,11 @@ def main():
     parser.add_argument("--window_steps", type=int, default=10)
     parser.add_argument("--peak_tflops", type=float, default=0.0)
     parser.add_argument("--json", default="", help="also write results here")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args(__doc__.split("\n")[0])
 
     backend = keras.backend.backend()
     if backend != "jax":
