@@ -136,18 +136,10 @@ def parse_args(description):
     return parser.parse_args()
 
 
-def main():
-    args = parse_args(__doc__.split("\n")[0])
-
-    backend = keras.backend.backend()
-    if backend != "jax":
-        print(f"note: KERAS_BACKEND={backend}; the jitted JAX step needs jax")
-        return run_other_backend(args)
-    import jax
-
+def build_backbone(backbone_class, args):
+    """`backbone_class` (ours or keras-hub's; same arguments) at `--size`."""
     layers, heads, hidden, intermediate = SIZES[args.size]
-    keras.utils.set_random_seed(0)
-    backbone = BertBackbone(
+    return backbone_class(
         vocabulary_size=args.vocab,
         num_layers=layers,
         num_heads=heads,
@@ -157,44 +149,45 @@ def main():
         dropout=args.dropout,
         dtype=args.precision,
     )
-    model = backbone if args.backbone_only else BertPretrainer(backbone)
-    total_steps = (args.windows + 1) * args.window_steps + 1
+
+
+def encoder_only_loss(outputs):
+    """The `--backbone_only` ablation's loss: mean square of the encoder."""
+    sequence = keras.ops.cast(outputs["sequence_output"], "float32")
+    return keras.ops.mean(keras.ops.square(sequence))
+
+
+def benchmark(keras_model, loss_fn, args, **extra):
+    """Times `model` trained by one jitted JAX step; prints and returns JSON.
+
+    Args:
+        keras_model: a built Keras model.
+        loss_fn: `(trainable, non_trainable, batch) -> (loss, non_trainable)`
+            around `keras_model.stateless_call`.
+        args: the flags of `parse_args`.
+        extra: more keys for the result (which model, versions).
+
+    The step is the same for every model: `jax.value_and_grad`, our AdamW
+    with BERT's schedule and global-norm clipping 1.0, donated state,
+    synthetic batches already on the device.
+    """
+    import jax
+
     optimizer = create_optimizer(
-        learning_rate=1e-4,
-        total_steps=10_000,
-        warmup_steps=100,
-        global_clipnorm=1.0,
+        learning_rate=1e-4, total_steps=10_000, warmup_steps=100, global_clipnorm=1.0
     )
-    optimizer.build(model.trainable_variables)
-    input_keys = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions")
-
-    def loss_fn(trainable, non_trainable, batch):
-        if args.backbone_only:
-            model_inputs = {k: batch[k] for k in input_keys[:3]}
-        else:
-            model_inputs = {k: batch[k] for k in input_keys}
-        outputs, non_trainable = model.stateless_call(
-            trainable, non_trainable, model_inputs, training=True
-        )
-        if args.backbone_only:
-            sequence = keras.ops.cast(outputs["sequence_output"], "float32")
-            loss = keras.ops.mean(keras.ops.square(sequence))
-            return loss, (non_trainable, {"loss": loss})
-        losses = pretraining_losses(batch, outputs)
-        return losses["loss"], (non_trainable, losses)
-
+    optimizer.build(keras_model.trainable_variables)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def train_step(state, batch):
         trainable, non_trainable, opt_vars = state
-        (_, (non_trainable, losses)), grads = grad_fn(trainable, non_trainable, batch)
+        (loss, non_trainable), grads = grad_fn(trainable, non_trainable, batch)
         trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
-        return (trainable, non_trainable, opt_vars), losses
+        return (trainable, non_trainable, opt_vars), loss
 
-    train_step = jax.jit(train_step, donate_argnums=0)
     state = (
-        [v.value for v in model.trainable_variables],
-        [v.value for v in model.non_trainable_variables],
+        [v.value for v in keras_model.trainable_variables],
+        [v.value for v in keras_model.non_trainable_variables],
         [v.value for v in optimizer.variables],
     )
     rng = np.random.RandomState(0)
@@ -206,29 +199,33 @@ def main():
         )
         for _ in range(4)
     ]
-    compile_s, first, last, rates, step = time_jitted_step(
-        train_step, state, batches, args.windows, args.window_steps, args.batch_size
+    compile_s, first_loss, last_loss, rates, _ = time_jitted_step(
+        jax.jit(train_step, donate_argnums=0),
+        state,
+        batches,
+        args.windows,
+        args.window_steps,
+        args.batch_size,
     )
-    first_loss, losses = float(first["loss"]), last
-    assert step <= total_steps
     seq_per_s = statistics.median(rates)
+    layers, _, hidden, intermediate = SIZES[args.size]
     flops = flops_per_sequence(
         layers, hidden, intermediate, args.vocab, args.seq, args.predictions
     )
     peak, device = peak_tflops(args.peak_tflops)
-    params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     result = {
+        **extra,
         "device": device,
         "size": args.size,
-        "params": params,
+        "params": sum(int(np.prod(v.shape)) for v in keras_model.trainable_variables),
         "batch_size": args.batch_size,
         "seq": args.seq,
         "precision": args.precision,
         "dropout": args.dropout,
         "backbone_only": args.backbone_only,
         "compile_s": round(compile_s, 1),
-        "first_loss": round(first_loss, 4),
-        "last_loss": round(float(losses["loss"]), 4),
+        "first_loss": round(float(first_loss), 4),
+        "last_loss": round(float(last_loss), 4),
         "seq_per_s_windows": [round(r, 1) for r in rates],
         "seq_per_s": round(seq_per_s, 1),
         "tokens_per_s": round(seq_per_s * args.seq),
@@ -244,21 +241,36 @@ def main():
     return result
 
 
+def main():
+    args = parse_args(__doc__.split("\n")[0])
+    backend = keras.backend.backend()
+    if backend != "jax":
+        print(f"note: KERAS_BACKEND={backend}; the jitted JAX step needs jax")
+        return run_other_backend(args)
+
+    keras.utils.set_random_seed(0)
+    backbone = build_backbone(BertBackbone, args)
+    model = backbone if args.backbone_only else BertPretrainer(backbone)
+    input_keys = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions")
+    if args.backbone_only:
+        input_keys = input_keys[:3]
+
+    def loss_fn(trainable, non_trainable, batch):
+        outputs, non_trainable = model.stateless_call(
+            trainable, non_trainable, {k: batch[k] for k in input_keys}, training=True
+        )
+        if args.backbone_only:
+            return encoder_only_loss(outputs), non_trainable
+        return pretraining_losses(batch, outputs)["loss"], non_trainable
+
+    name = "ours.BertBackbone" if args.backbone_only else "ours.BertPretrainer"
+    return benchmark(model, loss_fn, args, model=name)
+
+
 def run_other_backend(args):
     """Forward+backward smoke run for non-JAX backends (proves the classes
     and the loss run; no throughput claim)."""
-    layers, heads, hidden, intermediate = SIZES[args.size]
-    backbone = BertBackbone(
-        vocabulary_size=args.vocab,
-        num_layers=layers,
-        num_heads=heads,
-        hidden_dim=hidden,
-        intermediate_dim=intermediate,
-        max_sequence_length=max(512, args.seq),
-        dropout=args.dropout,
-        dtype=args.precision,
-    )
-    model = BertPretrainer(backbone)
+    model = BertPretrainer(build_backbone(BertBackbone, args))
     batch = synthetic_batch(
         np.random.RandomState(0),
         args.batch_size,
