@@ -138,6 +138,9 @@ def _clear_outputs(settings) -> None:
         [FileSystems.join(settings.output_dir, f"{tfrecords.SHARD_PREFIX}-*")]
     )[0].metadata_list
     paths = [m.path for m in stale]
+    # Pieces an interrupted run left behind (see tfrecords.WriteTfRecords).
+    leftovers = FileSystems.match([tfrecords.temp_dir_pattern(settings.output_dir)])
+    paths += [m.path for m in leftovers[0].metadata_list]
     for name in (features.METADATA_FILE, loader.RESOLVED_CONFIG_FILE):
         path = FileSystems.join(settings.output_dir, name)
         if FileSystems.exists(path):

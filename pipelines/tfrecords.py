@@ -15,16 +15,20 @@ packed varint}}}}}, map entries in sorted key order.
 
 from __future__ import annotations
 
+import shutil
 import struct
+import uuid
 import zlib
 
 import numpy as np
 
 import apache_beam as beam
-from apache_beam import coders
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.tfrecordio import _TFRecordSink, _TFRecordUtil
+from apache_beam.io.tfrecordio import _TFRecordUtil
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from configs import features
 from pipelines import text
@@ -32,7 +36,8 @@ from pipelines import text
 NAMESPACE = "WriteTfRecords"
 RECORDS_WRITTEN = "records-written"
 SHARD_PREFIX = "pretraining"
-SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
+TEMP_PREFIX = ".temp-pieces-"
+_COPY_BYTES = 8 << 20
 COMPRESSIONS = ("none", "gzip")
 
 _FLOAT_ONE = struct.pack("<f", 1.0)
@@ -269,54 +274,134 @@ def tfrecord_frame(record: bytes) -> bytes:
     )
 
 
-class _EncodeFn(beam.DoFn):
-    """`MaskedBatch` -> a few compressed chunks of framed TFRecords.
+class _WritePiecesFn(beam.DoFn):
+    """`MaskedBatch` -> `(shard, piece path)`: records dealt over shards.
 
-    A document-round's records are dealt into `ceil(n / chunk_size)`
-    interleaved chunks (`records[j::k]`); the writer sends consecutive
-    chunks to consecutive shards, so a document's instances spread over
-    many shards while Beam handles a few elements per document instead of
-    one per record (per-record elements cost ~40 us each in the write
-    path). Each chunk is already TFRecord-framed and zlib-compressed (level
-    1; zero padding makes records compress ~3x): that is what the shuffle
-    before the write carries and what Beam's local runner holds in memory.
+    Each record is TFRecord-framed and dealt round-robin over the
+    `num_shards` shards (starting at a shard chosen by the batch's first
+    record's CRC, so the same input always fills the same shards), into
+    per-shard buffers of this bundle. When the buffers reach `flush_bytes`
+    (and at the end of the bundle) each non-empty buffer becomes one
+    write-once piece file under `temp_dir`. Records therefore never pass
+    through a shuffle: a runner that holds shuffled data in memory (Beam's
+    local runners) holds none of them, and memory is `flush_bytes` per
+    bundle whatever the corpus size. A retried bundle writes new pieces;
+    only the pieces it reported are used.
     """
 
-    def __init__(self, max_seq_length, max_predictions_per_seq, vocab_size, chunk_size):
-        self._args = (max_seq_length, max_predictions_per_seq, vocab_size)
-        self._chunk_size = chunk_size
+    def __init__(self, temp_dir, num_shards, encoder_args, flush_bytes):
+        self._temp_dir = temp_dir
+        self._num_shards = num_shards
+        self._args = encoder_args
+        self._flush_bytes = flush_bytes
 
     def setup(self):
         self._encoder = ExampleEncoder(*self._args)
         self._count = text.counter_fn(NAMESPACE)
 
+    def start_bundle(self):
+        self._buffers = [bytearray() for _ in range(self._num_shards)]
+        self._buffered = 0
+
     def process(self, batch):
         records = self._encoder.encode_batch(batch)
+        if not records:
+            return
         self._count(RECORDS_WRITTEN, len(records))
-        k = -(-len(records) // self._chunk_size)
-        for j in range(k):
-            frames = b"".join(map(tfrecord_frame, records[j::k]))
-            yield zlib.compress(frames, 1)
+        k = self._num_shards
+        frames = list(map(tfrecord_frame, records))
+        first = zlib.crc32(records[0]) % k
+        for j in range(min(k, len(frames))):
+            piece = b"".join(frames[j::k])
+            self._buffers[(first + j) % k] += piece
+            self._buffered += len(piece)
+        if self._buffered >= self._flush_bytes:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        for shard_and_path in self._flush():
+            yield WindowedValue(shard_and_path, MIN_TIMESTAMP, [GlobalWindow()])
+
+    def _flush(self):
+        pieces = []
+        for shard, buffer in enumerate(self._buffers):
+            if buffer:
+                path = FileSystems.join(
+                    self._temp_dir, f"{shard:05d}-{uuid.uuid4().hex}.piece"
+                )
+                with FileSystems.create(
+                    path, compression_type=CompressionTypes.UNCOMPRESSED
+                ) as f:
+                    f.write(buffer)
+                pieces.append((shard, path))
+        self._buffers = [bytearray() for _ in range(self._num_shards)]
+        self._buffered = 0
+        return pieces
 
 
-class _FramedChunkSink(_TFRecordSink):
-    """Beam's TFRecord sink (temp files, shard naming, finalization, output
-    compression), fed zlib-compressed chunks of ready TFRecord frames."""
+class _ConcatenateShardFn(beam.DoFn):
+    """`(shard, [piece path | None, ...])` -> the final shard's path.
 
-    def write_record(self, file_handle, chunk):
-        file_handle.write(zlib.decompress(chunk))
+    Concatenates the shard's pieces (TFRecord frames concatenate) into
+    `PREFIX-SSSSS-of-NNNNN.tfrecord[.gz]`, compressing here when asked.
+    Rewriting a shard from the same pieces is idempotent, so a retried
+    bundle is harmless; pieces are deleted only after every shard is done.
+    """
+
+    def __init__(self, prefix, num_shards, compression):
+        self._prefix = prefix
+        self._num_shards = num_shards
+        self._compression = compression
+
+    def process(self, element):
+        shard, paths = element
+        final = (
+            f"{self._prefix}-{shard:05d}-of-{self._num_shards:05d}"
+            f"{shard_suffix(self._compression)}"
+        )
+        compression = (
+            CompressionTypes.GZIP
+            if self._compression == "gzip"
+            else CompressionTypes.UNCOMPRESSED
+        )
+        with FileSystems.create(final, compression_type=compression) as out:
+            for path in sorted(p for p in paths if p):
+                with FileSystems.open(
+                    path, compression_type=CompressionTypes.UNCOMPRESSED
+                ) as f:
+                    shutil.copyfileobj(f, out, _COPY_BYTES)
+        yield final
+
+
+def _delete_temp_dir(temp_dir: str, finals: list) -> list:
+    """Removes the pieces once every shard is written; returns the shards."""
+    pieces = FileSystems.match([FileSystems.join(temp_dir, "*")])[0].metadata_list
+    if pieces:
+        FileSystems.delete([m.path for m in pieces])
+    if FileSystems.exists(temp_dir):  # a directory on local disks only
+        FileSystems.delete([temp_dir])
+    return sorted(finals)
+
+
+def temp_dir_pattern(output_dir: str) -> str:
+    """Where interrupted runs may have left pieces (cleared by --overwrite)."""
+    return FileSystems.join(output_dir, f"{TEMP_PREFIX}*")
 
 
 class WriteTfRecords(beam.PTransform):
     """Encodes masked instances and writes sharded TFRecord files.
 
     Input: `masking.MaskedBatch`. Output: the PCollection of written file
-    names (`OUTPUT_DIR/pretraining-SSSSS-of-NNNNN.tfrecord[.gz]`).
+    names (`OUTPUT_DIR/pretraining-SSSSS-of-NNNNN.tfrecord[.gz]`, exactly
+    `num_shards` of them, empty ones included).
 
-    With a fixed `num_shards`, Beam's file writer keys elements round-robin
-    to shards and groups by shard: chunks of one document's records (see
-    `_EncodeFn`) land in different shards, so no extra Reshuffle is needed
-    to spread a document (it would cost a second full shuffle).
+    A document-round's records are dealt record by record over the shards
+    (`_WritePiecesFn`), so no shard holds a document's instances together.
+    Only piece *names* are grouped (one small GroupByKey), then each shard's
+    pieces are concatenated: the records never go through a shuffle. That
+    keeps Beam's local runners' memory flat in the corpus size (they hold
+    a whole shuffle in memory) and saves the encode/decode of every record
+    through the shuffle on every runner.
     """
 
     def __init__(
@@ -328,7 +413,7 @@ class WriteTfRecords(beam.PTransform):
         vocab_size: int,
         num_shards: int,
         compression: str = "none",
-        chunk_size: int = 16,
+        flush_bytes: int = 32 << 20,
     ):
         super().__init__()
         if compression not in COMPRESSIONS:
@@ -336,28 +421,38 @@ class WriteTfRecords(beam.PTransform):
         if num_shards < 1:
             raise ValueError("num_shards must be at least 1")
         self._output_dir = output_dir
-        self._encode = _EncodeFn(
-            max_seq_length, max_predictions_per_seq, vocab_size, chunk_size
-        )
+        self._encoder_args = (max_seq_length, max_predictions_per_seq, vocab_size)
         self._num_shards = num_shards
         self._compression = compression
+        self._flush_bytes = flush_bytes
 
     def expand(self, batches):
-        compression = (
-            CompressionTypes.GZIP
-            if self._compression == "gzip"
-            else CompressionTypes.UNCOMPRESSED
+        temp_dir = FileSystems.join(
+            self._output_dir, f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         )
-        sink = _FramedChunkSink(
-            FileSystems.join(self._output_dir, SHARD_PREFIX),
-            coder=coders.BytesCoder(),  # unused: write_record takes chunks
-            file_name_suffix=shard_suffix(self._compression),
-            num_shards=self._num_shards,
-            shard_name_template=SHARD_TEMPLATE,
-            compression_type=compression,
+        n = self._num_shards
+        pieces = batches | "WritePieces" >> beam.ParDo(
+            _WritePiecesFn(temp_dir, n, self._encoder_args, self._flush_bytes)
+        )
+        # Every shard gets a key, so shards without records are still written.
+        every_shard = batches.pipeline | "ShardKeys" >> beam.Create(
+            [(s, None) for s in range(n)]
+        )
+        finals = (
+            (pieces, every_shard)
+            | "AllPieces" >> beam.Flatten()
+            | "GroupPieces" >> beam.GroupByKey()
+            | "Concatenate"
+            >> beam.ParDo(
+                _ConcatenateShardFn(
+                    FileSystems.join(self._output_dir, SHARD_PREFIX),
+                    n,
+                    self._compression,
+                )
+            )
         )
         return (
-            batches
-            | "EncodeExamples" >> beam.ParDo(self._encode)
-            | "WriteShards" >> beam.io.Write(sink)
+            finals
+            | "AllShards" >> beam.combiners.ToList()
+            | "DeletePieces" >> beam.FlatMap(lambda fs: _delete_temp_dir(temp_dir, fs))
         )

@@ -240,8 +240,8 @@ def test_dataflow_dry_run_builds_the_job(tmp_path, corpus_file, vocab_file):
         "CreatePairs/GroupBuckets",
         "CreatePairs/PairSentences",
         "Mask/Mask",
-        "Write/EncodeExamples",
-        "Write/WriteShards",
+        "Write/WritePieces",
+        "Write/Concatenate",
     ):
         assert stage in names
 
