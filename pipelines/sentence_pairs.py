@@ -23,6 +23,7 @@ come from: a bucket of about `bucket_size` documents chosen by hash
 from __future__ import annotations
 
 import collections
+import itertools
 import random
 from typing import Callable, NamedTuple, Sequence
 
@@ -122,6 +123,9 @@ def create_pairs(
     return pairs
 
 
+_flatten = itertools.chain.from_iterable
+
+
 def _split_point(chunk, rng) -> int:
     """How many sentences of `chunk` go into segment A."""
     return rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
@@ -129,7 +133,7 @@ def _split_point(chunk, rng) -> int:
 
 def _nsp_pair(chunk, other_documents, target_seq_length, rng, count):
     a_end = _split_point(chunk, rng)
-    tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
+    tokens_a = list(_flatten(chunk[:a_end]))
     if len(chunk) == 1 or rng.random() < 0.5:
         if other_documents:
             # A random B from another document of the bucket.
@@ -148,15 +152,15 @@ def _nsp_pair(chunk, other_documents, target_seq_length, rng, count):
             count(CHUNKS_DROPPED_NO_OTHER, 1)
             return None, 0
         count(PAIRS_NO_OTHER_DOCUMENT, 1)
-    tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
+    tokens_b = list(_flatten(chunk[a_end:]))
     return SentencePair(tokens_a, tokens_b, features.IS_NEXT), 0
 
 
 def _sop_pair(chunk, rng, count):
     if len(chunk) >= 2:
         a_end = _split_point(chunk, rng)
-        tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
-        tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
+        tokens_a = list(_flatten(chunk[:a_end]))
+        tokens_b = list(_flatten(chunk[a_end:]))
     else:
         sentence = list(chunk[0])
         if len(sentence) < 2:

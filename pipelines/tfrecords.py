@@ -211,18 +211,40 @@ class ExampleEncoder:
         return out
 
 
+def _varint_table(bits: int = 16):
+    """Varint bytes of every value below `2**bits`, as a `[2**bits, 3]`
+    uint8 table, a mask of the bytes each value uses, and its width."""
+    v = np.arange(1 << bits, dtype=np.uint32)
+    width = 1 + (v >= 1 << 7) + (v >= 1 << 14)
+    groups = np.stack([(v >> s) & 0x7F for s in (0, 7, 14)], axis=-1)
+    more = np.arange(3) < (width[:, None] - 1)  # continuation bit
+    return (
+        (groups | (more << 7)).astype(np.uint8),
+        np.arange(3) < width[:, None],
+        width.astype(np.int64),
+    )
+
+
+_VARINT_BYTES, _VARINT_KEEP, _VARINT_WIDTH = _varint_table()
+
+
 def varint_rows(values: np.ndarray) -> tuple[bytes, list[int]]:
     """Packed varints of each row of a non-negative int array `[n, k]`
     (values < 2**28): all rows' bytes back to back, and row offsets
-    (`n + 1` of them)."""
-    v = np.asarray(values, dtype=np.uint32)
+    (`n + 1` of them). Values below 2**16 (every id of a BERT vocab) take
+    a table lookup; larger ones the arithmetic path."""
+    v = np.asarray(values)
     n = v.shape[0]
+    offsets = np.zeros(n + 1, np.int64)
+    if v.size == 0 or v.max() < len(_VARINT_WIDTH):
+        np.cumsum(_VARINT_WIDTH[v].sum(axis=1), out=offsets[1:])
+        return _VARINT_BYTES[v][_VARINT_KEEP[v]].tobytes(), offsets.tolist()
+    v = v.astype(np.uint32)
     width = 1 + (v >= 1 << 7) + (v >= 1 << 14) + (v >= 1 << 21)
     groups = np.stack([(v >> s) & 0x7F for s in (0, 7, 14, 21)], axis=-1)
     more = np.arange(4) < (width[..., None] - 1)  # continuation bit
     groups = (groups | (more << 7)).astype(np.uint8)
     keep = np.arange(4) < width[..., None]
-    offsets = np.zeros(n + 1, np.int64)
     np.cumsum(width.sum(axis=1), out=offsets[1:])
     return groups[keep].tobytes(), offsets.tolist()
 

@@ -87,10 +87,17 @@ def test_batch_encoder_matches_single_encoder(seq, pred, vocab_size):
     ]
 
 
-def test_varint_rows_matches_protobuf_varints():
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [[0, 1, 127, 128], [16383, 16384, 2**16 - 1, 5]],  # table path
+        [[0, 1, 127, 128], [16383, 16384, 2**21 - 1, 2**21]],  # arithmetic path
+    ],
+)
+def test_varint_rows_matches_protobuf_varints(rows):
     import numpy as np
 
-    values = np.array([[0, 1, 127, 128], [16383, 16384, 2**21 - 1, 2**21]])
+    values = np.array(rows)
     packed, offsets = tfrecords.varint_rows(values)
     want = [b"".join(tfrecords.varint(int(v)) for v in row) for row in values]
     assert [packed[offsets[i] : offsets[i + 1]] for i in range(2)] == want
