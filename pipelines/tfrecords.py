@@ -212,20 +212,18 @@ class ExampleEncoder:
 
 
 def _varint_table(bits: int = 16):
-    """Varint bytes of every value below `2**bits`, as a `[2**bits, 3]`
-    uint8 table, a mask of the bytes each value uses, and its width."""
+    """Varint bytes of every value below `2**bits`: three uint8 columns
+    (byte 0, 1, 2; unused bytes zero) and each value's width in bytes."""
     v = np.arange(1 << bits, dtype=np.uint32)
     width = 1 + (v >= 1 << 7) + (v >= 1 << 14)
-    groups = np.stack([(v >> s) & 0x7F for s in (0, 7, 14)], axis=-1)
-    more = np.arange(3) < (width[:, None] - 1)  # continuation bit
-    return (
-        (groups | (more << 7)).astype(np.uint8),
-        np.arange(3) < width[:, None],
-        width.astype(np.int64),
-    )
+    columns = [
+        (((v >> (7 * k)) & 0x7F) | ((width > k + 1) << 7)).astype(np.uint8)
+        for k in range(3)
+    ]
+    return columns, width.astype(np.int64)
 
 
-_VARINT_BYTES, _VARINT_KEEP, _VARINT_WIDTH = _varint_table()
+_VARINT_COLUMNS, _VARINT_WIDTH = _varint_table()
 
 
 def varint_rows(values: np.ndarray) -> tuple[bytes, list[int]]:
@@ -236,9 +234,25 @@ def varint_rows(values: np.ndarray) -> tuple[bytes, list[int]]:
     v = np.asarray(values)
     n = v.shape[0]
     offsets = np.zeros(n + 1, np.int64)
-    if v.size == 0 or v.max() < len(_VARINT_WIDTH):
-        np.cumsum(_VARINT_WIDTH[v].sum(axis=1), out=offsets[1:])
-        return _VARINT_BYTES[v][_VARINT_KEEP[v]].tobytes(), offsets.tolist()
+    if v.size == 0:
+        return b"", offsets.tolist()
+    if v.max() < len(_VARINT_WIDTH):
+        # Scatter each value's bytes at its start offset: byte 0 always,
+        # byte 1 for values of width >= 2, byte 2 for width 3.
+        flat = v.ravel()
+        width = _VARINT_WIDTH[flat]
+        ends = np.cumsum(width)
+        starts = ends - width
+        out = np.empty(int(ends[-1]), np.uint8)
+        b0, b1, b2 = _VARINT_COLUMNS
+        out[starts] = b0[flat]
+        two = width >= 2
+        out[starts[two] + 1] = b1[flat[two]]
+        three = width == 3
+        if three.any():
+            out[starts[three] + 2] = b2[flat[three]]
+        offsets[1:] = ends[v.shape[1] - 1 :: v.shape[1]]
+        return out.tobytes(), offsets.tolist()
     v = v.astype(np.uint32)
     width = 1 + (v >= 1 << 7) + (v >= 1 << 14) + (v >= 1 << 21)
     groups = np.stack([(v >> s) & 0x7F for s in (0, 7, 14, 21)], axis=-1)
@@ -285,15 +299,18 @@ def example_features(input_ids, num_a, label, positions, original_ids, seq, pred
 
 def tfrecord_frame(record: bytes) -> bytes:
     """One TFRecord frame: length, masked CRC32C of it, data, masked CRC32C."""
-    header = struct.pack("<Q", len(record))
+    n = len(record)
+    header = _FRAME_HEADERS.get(n)
+    if header is None:  # length + its CRC: a few hundred distinct lengths
+        length = struct.pack("<Q", n)
+        header = length + struct.pack("<I", _TFRecordUtil._masked_crc32c(length))
+        _FRAME_HEADERS[n] = header
     return b"".join(
-        (
-            header,
-            struct.pack("<I", _TFRecordUtil._masked_crc32c(header)),
-            record,
-            struct.pack("<I", _TFRecordUtil._masked_crc32c(record)),
-        )
+        (header, record, struct.pack("<I", _TFRecordUtil._masked_crc32c(record)))
     )
+
+
+_FRAME_HEADERS: dict = {}
 
 
 class _WritePiecesFn(beam.DoFn):
