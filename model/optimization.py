@@ -53,7 +53,7 @@ def create_optimizer(
     *,
     learning_rate,
     total_steps,
-    warmup_steps,
+    warmup_steps=0,
     weight_decay=0.01,
     optimizer="adamw",
     beta_1=0.9,
@@ -66,6 +66,11 @@ def create_optimizer(
     Args:
         learning_rate: float, peak rate after warm-up.
         total_steps, warmup_steps: int, schedule lengths in optimizer steps.
+            `total_steps=None`: no schedule; the rate is a constant that
+            Keras keeps in the optimizer's `learning_rate` variable, which a
+            stateless (JAX) loop may overwrite each step with a rate it
+            computes, e.g. when the step count is known only after timing
+            (`benchmarks/gpu_pretrain.py`).
         weight_decay: float, decoupled decay (not on LayerNorm or biases).
         optimizer: "adamw" or "lamb".
         beta_1, beta_2, epsilon: Adam moments.
@@ -73,7 +78,10 @@ def create_optimizer(
             which clip the *summed* gradients themselves; set it (1.0) for
             single-device loops such as the JAX benchmark.
     """
-    schedule = WarmupLinearDecay(learning_rate, total_steps, warmup_steps)
+    if total_steps is None:
+        schedule = float(learning_rate)
+    else:
+        schedule = WarmupLinearDecay(learning_rate, total_steps, warmup_steps)
     common = dict(
         learning_rate=schedule,
         beta_1=beta_1,

@@ -28,3 +28,19 @@ def test_no_weight_decay_on_layer_norm_and_bias(name):
         opt, keras.optimizers.AdamW if name == "adamw" else keras.optimizers.Lamb
     )
     assert opt.beta_2 == 0.999 and opt.epsilon == 1e-6
+
+
+def test_constant_rate_is_a_variable_a_stateless_loop_can_set():
+    # total_steps=None: the rate lives in optimizer.variables, so a JAX
+    # loop's stateless_apply reads whatever value the loop puts there.
+    opt = create_optimizer(learning_rate=0.5, total_steps=None)
+    dense = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")
+    dense.build((None, 1))
+    opt.build(dense.trainable_variables)
+    names = [v.name for v in opt.variables]
+    assert "learning_rate" in names
+    assert float(opt.learning_rate) == pytest.approx(0.5)
+    opt.learning_rate.assign(0.0)
+    before = np.array(dense.kernel)
+    opt.apply([np.ones((1, 1), "float32")], dense.trainable_variables)
+    np.testing.assert_allclose(np.array(dense.kernel), before)  # rate 0: no step
