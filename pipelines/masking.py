@@ -23,7 +23,6 @@ Differences from google-research/bert, both deliberate (USERS.md #9):
 
 from __future__ import annotations
 
-import itertools
 import random
 from typing import Callable, NamedTuple, Sequence
 
@@ -271,20 +270,17 @@ def mask_instance_batch(
 ):
     """`sentence_pairs.InstanceBatch` -> `MaskedBatch`; randomness from
     `batch.mask_seed` only."""
-    n = len(batch.input_ids)
-    lengths = np.fromiter((len(x) for x in batch.input_ids), np.int64, n)
-    ids = np.zeros((n, max_seq_length), np.int32)
-    flat = np.fromiter(
-        itertools.chain.from_iterable(batch.input_ids), np.int32, int(lengths.sum())
-    )
-    ids[np.arange(max_seq_length) < lengths[:, None]] = flat  # row-major fill
+    ids = batch.input_ids[:, :max_seq_length]
+    lengths = np.asarray(batch.lengths, np.int64)
+    n = len(lengths)
     pred = params["max_predictions_per_seq"]
     if whole_word_mask:
         positions = np.zeros((n, pred), np.int32)
         originals = np.zeros((n, pred), np.int32)
         num_masked = np.zeros(n, np.int64)
         output = ids.copy()
-        for i, row in enumerate(batch.input_ids):
+        for i, row in enumerate(ids.tolist()):
+            row = row[: lengths[i]]
             rng = random.Random(text.derive_seed(batch.mask_seed, i))
             got = create_masked_lm_predictions(
                 row,

@@ -61,66 +61,179 @@ class SentencePair(NamedTuple):
     label: int
 
 
-def create_pairs(
-    document: Sequence[Sequence[int]],
-    other_documents: Sequence[Sequence[Sequence[int]]],
+class PairSpan(NamedTuple):
+    """Where a pair's segments lie: token ranges `[lo, hi)` of documents.
+
+    `a_doc`/`b_doc` index the documents the caller passed: -1 is the
+    document being cut, `k >= 0` is `other_documents[k]`. Offsets count
+    tokens from the start of that document's concatenated sentences, after
+    truncation.
+    """
+
+    a_doc: int
+    a_lo: int
+    a_hi: int
+    b_doc: int
+    b_lo: int
+    b_hi: int
+    label: int
+
+
+def create_pair_spans(
+    lengths: Sequence[int],
+    other_lengths: Sequence[Sequence[int]],
     rng: random.Random,
     *,
     max_seq_length: int,
     short_seq_prob: float,
     sentence_task: str = "nsp",
     counter_inc_fn: CounterFn = _no_count,
-) -> list[SentencePair]:
-    """Cuts one document into sentence pairs.
+    other_starts: Sequence[Sequence[int]] | None = None,
+) -> list[PairSpan]:
+    """Cuts one document into sentence pairs, as token ranges.
+
+    The whole algorithm (module doc) works on sentence lengths alone: no
+    token is copied here, so the pipeline gathers every instance's ids in
+    one array operation per batch (`gather_instances`).
 
     Args:
-        document: sentences of token ids; each sentence non-empty.
-        other_documents: documents random next sentences (NSP) come from;
-            must not contain `document` itself. May be empty.
+        lengths: token count of each sentence of the document (each > 0).
+        other_lengths: the same for each document random next sentences
+            (NSP) come from; must not contain the document itself.
         rng: the only source of randomness.
         max_seq_length: final length incl. [CLS] and two [SEP].
         short_seq_prob: chance of a shorter target length.
         sentence_task: "nsp" or "sop".
         counter_inc_fn: `fn(name, value)`, called for truncations and drops.
+        other_starts: optional, per other document `[0, *cumsum(lengths)]`
+            (a caller cutting many documents of one bucket computes them
+            once instead of once per document).
 
     Returns:
-        `SentencePair`s with `len(a) + len(b) <= max_seq_length - 3`,
-        both non-empty.
+        `PairSpan`s with `(a_hi - a_lo) + (b_hi - b_lo) <= max_seq_length - 3`,
+        both segments non-empty.
     """
     if sentence_task not in features.SENTENCE_TASKS:
         raise ValueError(f"sentence_task must be one of {features.SENTENCE_TASKS}")
+    nsp = sentence_task == "nsp"
     max_num_tokens = max_seq_length - 3
     target_seq_length = max_num_tokens
     if rng.random() < short_seq_prob:
         target_seq_length = rng.randint(2, max_num_tokens)
+    starts = [0, *itertools.accumulate(lengths)]  # token offset of sentence i
 
-    pairs = []
-    chunk: list = []
-    chunk_length = 0
+    spans = []
+    n = len(lengths)
+    chunk_start, chunk_length = 0, 0
     i = 0
-    while i < len(document):
-        segment = document[i]
-        chunk.append(segment)
-        chunk_length += len(segment)
-        if i == len(document) - 1 or chunk_length >= target_seq_length:
-            if sentence_task == "nsp":
-                pair, unused = _nsp_pair(
-                    chunk, other_documents, target_seq_length, rng, counter_inc_fn
-                )
-                i -= unused  # put the unused sentences back
+    while i < n:
+        chunk_length += lengths[i]
+        if i == n - 1 or chunk_length >= target_seq_length:
+            c0, c1 = chunk_start, i + 1  # the chunk: sentences [c0, c1)
+            size = c1 - c0
+            span, dropped = None, False
+            if nsp:
+                a_end = c0 + (1 + _below(rng, size - 1) if size >= 2 else 1)
+                a_lo, a_hi = starts[c0], starts[a_end]
+                if size == 1 or rng.random() < 0.5:
+                    if other_lengths:
+                        # A random B from another document of the bucket.
+                        if other_starts is None:
+                            other_starts = _starts(other_lengths)
+                        target_b_length = target_seq_length - (a_hi - a_lo)
+                        d = _below(rng, len(other_lengths))
+                        other = other_lengths[d]
+                        j = j0 = _below(rng, len(other))
+                        b_length = 0
+                        while j < len(other):
+                            b_length += other[j]
+                            j += 1
+                            if b_length >= target_b_length:
+                                break
+                        b_lo, b_hi = other_starts[d][j0], other_starts[d][j]
+                        span = [-1, a_lo, a_hi, d, b_lo, b_hi, features.NOT_NEXT]
+                        i -= c1 - a_end  # put the unused sentences back
+                    elif size == 1:
+                        counter_inc_fn(CHUNKS_DROPPED_NO_OTHER, 1)
+                        dropped = True
+                    else:
+                        counter_inc_fn(PAIRS_NO_OTHER_DOCUMENT, 1)
+                if span is None and not dropped:
+                    span = [-1, a_lo, a_hi, -1, a_hi, starts[c1], features.IS_NEXT]
             else:
-                pair = _sop_pair(chunk, rng, counter_inc_fn)
-            if pair is not None:
-                removed = text.truncate_seq_pair(
-                    pair.tokens_a, pair.tokens_b, max_num_tokens, rng
+                span = _sop_span(starts, c0, c1, rng, counter_inc_fn)
+            if span is not None:
+                cuts = text.truncation_cuts(
+                    span[2] - span[1], span[5] - span[4], max_num_tokens, rng
                 )
-                if removed:
+                if cuts is not None:
+                    front_a, back_a, front_b, back_b = cuts
+                    span[1] += front_a
+                    span[2] -= back_a
+                    span[4] += front_b
+                    span[5] -= back_b
                     counter_inc_fn(PAIRS_TRUNCATED, 1)
-                    counter_inc_fn(TOKENS_TRUNCATED, removed)
-                pairs.append(pair)
-            chunk, chunk_length = [], 0
+                    counter_inc_fn(TOKENS_TRUNCATED, sum(cuts))
+                spans.append(PairSpan(*span))
+            chunk_start, chunk_length = i + 1, 0
         i += 1
-    return pairs
+    return spans
+
+
+def _starts(lengths_per_document):
+    """`[0, *cumsum(lengths)]` per document: token offsets of sentences."""
+    return [[0, *itertools.accumulate(x)] for x in lengths_per_document]
+
+
+def _sop_span(starts, c0, c1, rng, count):
+    """SOP: the chunk's two parts (sentences, or tokens of one sentence),
+    swapped with probability 1/2 (label 1)."""
+    if c1 - c0 >= 2:
+        a_end = c0 + 1 + _below(rng, c1 - c0 - 1)
+        cut = starts[a_end]
+    else:
+        length = starts[c1] - starts[c0]
+        if length < 2:
+            count(CHUNKS_DROPPED_ONE_TOKEN, 1)
+            return None
+        cut = starts[c0] + 1 + _below(rng, length - 1)
+    first, second = (starts[c0], cut), (cut, starts[c1])
+    if rng.random() < 0.5:
+        return [-1, *second, -1, *first, features.NOT_NEXT]
+    return [-1, *first, -1, *second, features.IS_NEXT]
+
+
+def create_pairs(
+    document: Sequence[Sequence[int]],
+    other_documents: Sequence[Sequence[Sequence[int]]],
+    rng: random.Random,
+    **params,
+) -> list[SentencePair]:
+    """`create_pair_spans` on sentences of token ids, returning the pairs'
+    tokens (`SentencePair`s). The readable form of the algorithm, for
+    tests and callers outside Beam; same randomness, same pairs.
+
+    Args:
+        document: sentences of token ids; each sentence non-empty.
+        other_documents: documents random next sentences (NSP) come from;
+            must not contain `document` itself. May be empty.
+        rng, **params: as `create_pair_spans`.
+    """
+    spans = create_pair_spans(
+        [len(s) for s in document],
+        [[len(s) for s in d] for d in other_documents],
+        rng,
+        **params,
+    )
+    flat = [list(_flatten(document))] + [list(_flatten(d)) for d in other_documents]
+    return [
+        SentencePair(
+            flat[sp.a_doc + 1][sp.a_lo : sp.a_hi],
+            flat[sp.b_doc + 1][sp.b_lo : sp.b_hi],
+            sp.label,
+        )
+        for sp in spans
+    ]
 
 
 _flatten = itertools.chain.from_iterable
@@ -132,53 +245,6 @@ def _below(rng: random.Random, n: int) -> int:
     return int(rng.random() * n)
 
 
-def _split_point(chunk, rng) -> int:
-    """How many sentences of `chunk` go into segment A."""
-    return 1 + _below(rng, len(chunk) - 1) if len(chunk) >= 2 else 1
-
-
-def _nsp_pair(chunk, other_documents, target_seq_length, rng, count):
-    a_end = _split_point(chunk, rng)
-    tokens_a = list(_flatten(chunk[:a_end]))
-    if len(chunk) == 1 or rng.random() < 0.5:
-        if other_documents:
-            # A random B from another document of the bucket.
-            target_b_length = target_seq_length - len(tokens_a)
-            other = other_documents[_below(rng, len(other_documents))]
-            tokens_b = []
-            for j in range(_below(rng, len(other)), len(other)):
-                tokens_b.extend(other[j])
-                if len(tokens_b) >= target_b_length:
-                    break
-            return (
-                SentencePair(tokens_a, tokens_b, features.NOT_NEXT),
-                len(chunk) - a_end,
-            )
-        if len(chunk) == 1:
-            count(CHUNKS_DROPPED_NO_OTHER, 1)
-            return None, 0
-        count(PAIRS_NO_OTHER_DOCUMENT, 1)
-    tokens_b = list(_flatten(chunk[a_end:]))
-    return SentencePair(tokens_a, tokens_b, features.IS_NEXT), 0
-
-
-def _sop_pair(chunk, rng, count):
-    if len(chunk) >= 2:
-        a_end = _split_point(chunk, rng)
-        tokens_a = list(_flatten(chunk[:a_end]))
-        tokens_b = list(_flatten(chunk[a_end:]))
-    else:
-        sentence = list(chunk[0])
-        if len(sentence) < 2:
-            count(CHUNKS_DROPPED_ONE_TOKEN, 1)
-            return None
-        cut = 1 + _below(rng, len(sentence) - 1)
-        tokens_a, tokens_b = sentence[:cut], sentence[cut:]
-    if rng.random() < 0.5:
-        return SentencePair(tokens_b, tokens_a, features.NOT_NEXT)
-    return SentencePair(tokens_a, tokens_b, features.IS_NEXT)
-
-
 def pack_pair(pair: SentencePair, cls_id: int, sep_id: int) -> tuple[list, int]:
     """`[CLS] A [SEP] B [SEP]` ids and the length of `[CLS] A [SEP]`
     (segment_ids are 0 for those positions, 1 for `B [SEP]`)."""
@@ -186,32 +252,72 @@ def pack_pair(pair: SentencePair, cls_id: int, sep_id: int) -> tuple[list, int]:
     return ids, len(pair.tokens_a) + 2
 
 
+def gather_instances(pool, spans_a, spans_b, max_seq_length, cls_at, sep_at):
+    """`[CLS] A [SEP] B [SEP]` rows for many pairs at once (numpy).
+
+    Args:
+        pool: int array, the bucket's documents' ids back to back, then
+            `[CLS]` at index `cls_at` and `[SEP]` at `sep_at`.
+        spans_a, spans_b: int arrays `[n, 2]`, `[lo, hi)` of segments A and
+            B in `pool`.
+        max_seq_length: row width.
+
+    Returns:
+        `(ids [n, max_seq_length] int32 zero-padded, lengths [n], num_a [n])`
+        with `num_a` the length of `[CLS] A [SEP]`.
+    """
+    n = len(spans_a)
+    len_a = spans_a[:, 1] - spans_a[:, 0]
+    len_b = spans_b[:, 1] - spans_b[:, 0]
+    # Five pieces per row: [CLS], A, [SEP], B, [SEP]; a range-concatenation
+    # gather: index = piece start + position inside the piece.
+    piece_start = np.stack(
+        [
+            np.full(n, cls_at),
+            spans_a[:, 0],
+            np.full(n, sep_at),
+            spans_b[:, 0],
+            np.full(n, sep_at),
+        ],
+        axis=1,
+    ).ravel()
+    piece_len = np.stack(
+        [
+            np.ones(n, np.int64),
+            len_a,
+            np.ones(n, np.int64),
+            len_b,
+            np.ones(n, np.int64),
+        ],
+        axis=1,
+    ).ravel()
+    out_start = np.cumsum(piece_len) - piece_len
+    index = np.repeat(piece_start - out_start, piece_len) + np.arange(
+        out_start[-1] + piece_len[-1] if n else 0
+    )
+    lengths = len_a + len_b + 3
+    ids = np.zeros((n, max_seq_length), np.int32)
+    ids[np.arange(max_seq_length) < lengths[:, None]] = pool[index]
+    return ids, lengths, len_a + 2
+
+
 # === Beam ===
 class InstanceBatch(NamedTuple):
     """What `CreateSentencePairs` emits: one document-round's instances.
 
-    input_ids: per instance `[CLS] A [SEP] B [SEP]` (unpadded list of ids);
-    num_a: per instance the length of `[CLS] A [SEP]`; labels: per instance
-    the sentence-task label; mask_seed: 64-bit seed for masking, drawn
-    from the document's (seed, fingerprint, round) rng. Batching per
-    document keeps Beam's per-element cost off the per-instance path.
+    input_ids: int32 `[n, max_seq_length]`, `[CLS] A [SEP] B [SEP]` then
+    zero padding; lengths: `[n]` unpadded lengths; num_a: `[n]` length of
+    `[CLS] A [SEP]`; labels: `[n]` sentence-task labels; mask_seed: 64-bit
+    seed for masking, drawn from the document's (seed, fingerprint, round)
+    rng. Batching per document keeps Beam's per-element cost off the
+    per-instance path.
     """
 
-    input_ids: list
-    num_a: list
-    labels: list
+    input_ids: np.ndarray
+    lengths: np.ndarray
+    num_a: np.ndarray
+    labels: np.ndarray
     mask_seed: int
-
-
-def document_sentences(flat: np.ndarray, ends: np.ndarray) -> list[list[int]]:
-    """Splits a tokenized document (flat ids, sentence end offsets) into
-    sentences of Python ints (what the pure functions take)."""
-    ids = flat.tolist()
-    out, start = [], 0
-    for end in ends.tolist():
-        out.append(ids[start:end])
-        start = end
-    return out
 
 
 class _AssignBucketsFn(beam.DoFn):
@@ -243,38 +349,52 @@ class _PairBucketFn(beam.DoFn):
         # random choices must not depend on it. Equal fingerprints mean
         # equal text, so ties need no tie-breaker.
         docs = sorted(docs, key=lambda d: d[0])
-        sentences = [document_sentences(flat, ends) for _, flat, ends in docs]
-        cls_id, sep_id = self._ids[features.CLS], self._ids[features.SEP]
+        # Sentence lengths drive the algorithm; the ids stay in one array
+        # (the bucket's documents back to back, then [CLS], [SEP]).
+        lengths = [np.diff(ends, prepend=0).tolist() for _, _, ends in docs]
+        starts = _starts(lengths)
+        offsets = np.cumsum([0] + [len(flat) for _, flat, _ in docs])
+        cls_at, sep_at = int(offsets[-1]), int(offsets[-1]) + 1
+        pool = np.concatenate(
+            [flat for _, flat, _ in docs]
+            + [np.array([self._ids[features.CLS], self._ids[features.SEP]])]
+        ).astype(np.int32)
+        max_seq_length = self._params["max_seq_length"]
         counts = collections.Counter({BUCKETS: 1})
 
         def count(name, value=1):  # summed here, reported once per bucket
             counts[name] += value
 
-        count(DOCUMENTS_ONE_SENTENCE, sum(len(s) == 1 for s in sentences))
+        count(DOCUMENTS_ONE_SENTENCE, sum(len(x) == 1 for x in lengths))
         for round_ in range(self._dupe_factor):
             for index, (fp, _, _) in enumerate(docs):
                 rng = text.make_rng(self._seed, fp, round_)
-                others = sentences[:index] + sentences[index + 1 :]
-                pairs = create_pairs(
-                    sentences[index],
-                    others,
+                spans = create_pair_spans(
+                    lengths[index],
+                    lengths[:index] + lengths[index + 1 :],
                     rng,
                     counter_inc_fn=count,
+                    other_starts=starts[:index] + starts[index + 1 :],
                     **self._params,
                 )
-                if not pairs:
+                if not spans:
                     continue
-                labels = [p.label for p in pairs]
-                count(PAIRS, len(pairs))
-                count(PAIRS_RANDOM_NEXT, sum(labels))
-                count(PAIRS_ACTUAL_NEXT, len(labels) - sum(labels))
-                packed = [pack_pair(pair, cls_id, sep_id) for pair in pairs]
-                yield InstanceBatch(
-                    [ids for ids, _ in packed],
-                    [num_a for _, num_a in packed],
-                    labels,
-                    rng.getrandbits(64),
+                s = np.array(spans, np.int64).reshape(-1, 7)
+                # Span documents -> pool offsets: -1 is `index`; others
+                # skip `index` in the bucket's order.
+                for doc_col, lo_col in ((0, 1), (3, 4)):
+                    d = s[:, doc_col]
+                    d = np.where(d < 0, index, d + (d >= index))
+                    s[:, lo_col : lo_col + 2] += offsets[d][:, None]
+                ids, lengths_, num_a = gather_instances(
+                    pool, s[:, 1:3], s[:, 4:6], max_seq_length, cls_at, sep_at
                 )
+                labels = s[:, 6]
+                random_next = int(labels.sum())
+                count(PAIRS, len(spans))
+                count(PAIRS_RANDOM_NEXT, random_next)
+                count(PAIRS_ACTUAL_NEXT, len(spans) - random_next)
+                yield InstanceBatch(ids, lengths_, num_a, labels, rng.getrandbits(64))
         for name, value in counts.items():
             self._count(name, value)
         self._progress.add(counts[PAIRS])

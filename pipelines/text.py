@@ -42,19 +42,32 @@ def make_rng(seed: int, *parts: int) -> random.Random:
 def truncate_seq_pair(
     tokens_a: list, tokens_b: list, max_num_tokens: int, rng: random.Random
 ) -> int:
-    """Truncates a pair in place to at most `max_num_tokens` tokens in total.
+    """Truncates a pair in place to at most `max_num_tokens` tokens in total
+    (the cuts of `truncation_cuts`). Returns the number removed."""
+    cuts = truncation_cuts(len(tokens_a), len(tokens_b), max_num_tokens, rng)
+    if cuts is None:
+        return 0
+    front_a, back_a, front_b, back_b = cuts
+    tokens_a[:] = tokens_a[front_a : len(tokens_a) - back_a]
+    tokens_b[:] = tokens_b[front_b : len(tokens_b) - back_b]
+    return sum(cuts)
+
+
+def truncation_cuts(len_a: int, len_b: int, max_num_tokens: int, rng: random.Random):
+    """How many tokens to cut from each end of A and B to fit a pair into
+    `max_num_tokens`: `(front_a, back_a, front_b, back_b)`, or None (and
+    no random draw) when it fits.
 
     google-research/bert's rule: remove one token at a time from the longer
     sequence (B on a tie), from its front or back with equal chance, to
     avoid biasing toward either end. The coin flips come from one
-    `rng.getrandbits` call and the lists are sliced once, instead of a
-    `del list[0]` per token. (tensorflow-text's trimmers cut from the end
-    only, so they do not fit this rule.) Returns the number removed.
+    `rng.getrandbits` call and are counted per side in closed form, with
+    the same result as the one-at-a-time loop. (tensorflow-text's trimmers
+    cut from the end only, so they do not fit this rule.)
     """
-    len_a, len_b = len(tokens_a), len(tokens_b)
     excess = len_a + len_b - max_num_tokens
     if excess <= 0:
-        return 0
+        return None
     bits = rng.getrandbits(excess)
     # Removal k takes bit k. First the longer side alone (A while it is
     # strictly longer; B while it is at least as long, ties go to B) until
@@ -81,9 +94,7 @@ def truncate_seq_pair(
         front_b, back_b = front_even, n_even - front_even
         front_a = front_first + front_odd
         back_a = first - front_first + n_odd - front_odd
-    tokens_a[:] = tokens_a[front_a : len(tokens_a) - back_a]
-    tokens_b[:] = tokens_b[front_b : len(tokens_b) - back_b]
-    return excess
+    return front_a, back_a, front_b, back_b
 
 
 def counter_fn(namespace: str):

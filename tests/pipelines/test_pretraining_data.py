@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from configs import features, metadata
-from pipelines import options, pretraining_data, sentence_pairs
+from pipelines import options, pretraining_data, sentence_pairs, text
 
 SEQ, PRED = 32, 5
 
@@ -126,7 +126,11 @@ def test_bucket_pairing_ignores_element_order(vocab_ids):
     fn.setup()
     first = list(fn.process((0, docs)))
     second = list(fn.process((0, docs[::-1])))
-    assert first == second and sum(len(b.labels) for b in first) > 10
+    assert len(first) == len(second) and sum(len(b.labels) for b in first) > 10
+    for x, y in zip(first, second):
+        assert x.mask_seed == y.mask_seed
+        for field in ("input_ids", "lengths", "num_a", "labels"):
+            np.testing.assert_array_equal(getattr(x, field), getattr(y, field))
 
 
 @pytest.mark.slow
@@ -283,3 +287,48 @@ def test_whole_word_mask_sop_gzip_records_parse(tmp_path, corpus_file, vocab_fil
     )
     labels = [int(x["next_sentence_labels"][0]) for x in ds]
     assert len(labels) == meta["num_examples"] and set(labels) == {0, 1}
+
+
+@pytest.mark.parametrize("task", ["nsp", "sop"])
+def test_bucket_rows_equal_create_pairs_packed(vocab_ids, task):
+    """The Beam path (spans gathered from one id pool) builds the same rows
+    as the readable path (`create_pairs` + `pack_pair`) for every document."""
+    rng = random.Random(3)
+    docs = []
+    for fp in range(5):
+        ends = np.cumsum(
+            [rng.choice([1, 2, 5, 9, 30]) for _ in range(rng.randint(1, 12))]
+        )
+        flat = np.array([rng.randrange(40, 90) for _ in range(ends[-1])], np.int32)
+        docs.append((fp * 7919 + 1, flat, ends.astype(np.int32)))
+    params = dict(max_seq_length=24, short_seq_prob=0.2, sentence_task=task)
+    fn = sentence_pairs._PairBucketFn(
+        seed=9, special_ids=vocab_ids, dupe_factor=1, **params
+    )
+    fn.setup()
+    got = list(fn.process((0, docs)))
+    cls_id, sep_id = vocab_ids[features.CLS], vocab_ids[features.SEP]
+    sentences = [
+        [flat[s:e].tolist() for s, e in zip([0, *ends[:-1]], ends)]
+        for _, flat, ends in docs
+    ]
+    want = []
+    for i, (fp, _, _) in enumerate(docs):
+        pairs = sentence_pairs.create_pairs(
+            sentences[i],
+            sentences[:i] + sentences[i + 1 :],
+            text.make_rng(9, fp, 0),
+            **params,
+        )
+        want += [sentence_pairs.pack_pair(p, cls_id, sep_id) for p in pairs]
+    rows = [
+        (b.input_ids[r, : b.lengths[r]].tolist(), int(b.num_a[r]))
+        for b in got
+        for r in range(len(b.lengths))
+    ]
+    assert rows == want and len(rows) > 5
+    assert all(
+        (b.input_ids[r, b.lengths[r] :] == 0).all()
+        for b in got
+        for r in range(len(b.lengths))
+    )
