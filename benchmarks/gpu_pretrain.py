@@ -267,18 +267,34 @@ def write_model_dir(model_dir, cfg, backbone, vocab_bytes):
 # === Training ===
 
 
-def make_train_call(pretrainer, optimizer, mask_fn, data, steps_per_call):
-    """A jitted `(state, key, rows [k, b], rates [k]) -> (state, metrics)`.
+def host_rates(schedule, steps):
+    """`schedule(steps)` as float32 numpy, computed on the host's CPU device.
+
+    On the accelerator the tiny computation would queue behind the train
+    call in flight and reading it back would wait for that call: the GPU
+    would idle while the host prepares the next one.
+    """
+    import jax
+
+    with jax.default_device(jax.devices("cpu")[0]):
+        return np.asarray(schedule(steps), np.float32)
+
+
+def make_train_call(pretrainer, optimizer, mask_fn):
+    """A jitted `(state, data, key, rows [k, b], rates [k]) -> (state, metrics)`.
 
     Runs `k` optimizer steps in one `lax.scan` (fewer host round trips for a
-    small model). `data` holds the device-resident arrays `ids`, `lengths`,
-    `segment_a_lengths`, `nsp`. Metrics are means over the `k` steps.
+    small model). `data` holds the device-resident arrays `ids` `[N, s]`,
+    `lengths`, `segment_a_lengths`, `nsp` `[N]` and `ordinary` (ids random
+    replacements come from); it is an argument, not a closure, so that XLA
+    does not embed the corpus in the program as a constant. `mask_fn(key,
+    ids, lengths, ordinary)` masks a batch. Metrics are means over the `k`
+    steps, in `METRIC_KEYS` order.
     """
     import jax
     import jax.numpy as jnp
 
     rate_index = [v.name for v in optimizer.variables].index("learning_rate")
-    seq = data["ids"].shape[1]
 
     def loss_fn(trainable, non_trainable, batch):
         outputs, non_trainable = pretrainer.stateless_call(
@@ -289,32 +305,34 @@ def make_train_call(pretrainer, optimizer, mask_fn, data, steps_per_call):
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def one_step(carry, inputs):
-        (trainable, non_trainable, opt_vars), key = carry
-        rows, rate, step_key = inputs
-        ids = data["ids"][rows]
-        lengths = data["lengths"][rows]
-        batch = mask_fn(step_key, ids, lengths)
-        position = jnp.arange(seq)[None]
-        batch[features.INPUT_MASK] = (position < lengths[:, None]).astype(jnp.int32)
-        batch[features.SEGMENT_IDS] = (
-            (position >= data["segment_a_lengths"][rows][:, None])
-            & (position < lengths[:, None])
-        ).astype(jnp.int32)
-        batch[features.NEXT_SENTENCE_LABELS] = data["nsp"][rows]
-        (_, (non_trainable, losses)), grads = grad_fn(trainable, non_trainable, batch)
-        opt_vars = list(opt_vars)
-        opt_vars[rate_index] = jnp.asarray(rate, opt_vars[rate_index].dtype)
-        trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
-        metrics = jnp.stack([losses[k] for k in METRIC_KEYS])
-        return ((trainable, non_trainable, opt_vars), key), metrics
+    def train_call(state, data, key, rows, rates):
+        def one_step(state, inputs):
+            trainable, non_trainable, opt_vars = state
+            rows, rate, step_key = inputs
+            ids = data["ids"][rows]
+            lengths = data["lengths"][rows]
+            batch = mask_fn(step_key, ids, lengths, data["ordinary"])
+            position = jnp.arange(ids.shape[1])[None]
+            real = position < lengths[:, None]
+            batch[features.INPUT_MASK] = real.astype(jnp.int32)
+            batch[features.SEGMENT_IDS] = (
+                (position >= data["segment_a_lengths"][rows][:, None]) & real
+            ).astype(jnp.int32)
+            batch[features.NEXT_SENTENCE_LABELS] = data["nsp"][rows]
+            (_, (non_trainable, losses)), grads = grad_fn(
+                trainable, non_trainable, batch
+            )
+            # The host's rate for this step replaces the constant one.
+            opt_vars = list(opt_vars)
+            opt_vars[rate_index] = jnp.asarray(rate, opt_vars[rate_index].dtype)
+            trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
+            metrics = jnp.stack([losses[k] for k in METRIC_KEYS])
+            return (trainable, non_trainable, opt_vars), metrics
 
-    def train_call(state, key, rows, rates):
         keys = jax.random.split(key, rows.shape[0])
-        (state, _), metrics = jax.lax.scan(one_step, (state, key), (rows, rates, keys))
+        state, metrics = jax.lax.scan(one_step, state, (rows, rates, keys))
         return state, jnp.mean(metrics, axis=0)
 
-    del steps_per_call  # the shapes of `rows` / `rates` fix it
     return jax.jit(train_call, donate_argnums=0)
 
 
@@ -367,14 +385,13 @@ def main(argv=None):
     optimizer.build(pretrainer.trainable_variables)
 
     d = cfg.data
-    masker_ordinary = jnp.asarray(ordinary)
 
-    def mask_fn(key, batch_ids, batch_lengths):
+    def mask_fn(key, batch_ids, batch_lengths, ordinary_ids):
         return dynamic_mask(
             key,
             batch_ids,
             batch_lengths,
-            ordinary_ids=masker_ordinary,
+            ordinary_ids=ordinary_ids,
             special=special,
             max_predictions=d.max_predictions_per_seq,
             masked_lm_prob=d.masked_lm_prob,
@@ -387,10 +404,9 @@ def main(argv=None):
         "lengths": jnp.asarray(lengths),
         "segment_a_lengths": jnp.asarray(a_lengths),
         "nsp": jnp.asarray(nsp),
+        "ordinary": jnp.asarray(ordinary),
     }
-    train_call = make_train_call(
-        pretrainer, optimizer, mask_fn, data, args.steps_per_call
-    )
+    train_call = make_train_call(pretrainer, optimizer, mask_fn)
     state = (
         [v.value for v in pretrainer.trainable_variables],
         [v.value for v in pretrainer.non_trainable_variables],
@@ -406,8 +422,8 @@ def main(argv=None):
     def run_call(step):
         nonlocal state, key
         key, call_key = jax.random.split(key)
-        rates = np.asarray(schedule(np.arange(step, step + k)), np.float32)
-        state, metrics = train_call(state, call_key, order.next(k, b), rates)
+        rates = host_rates(schedule, np.arange(step, step + k))
+        state, metrics = train_call(state, data, call_key, order.next(k, b), rates)
         return metrics
 
     # === Compile ===
@@ -455,7 +471,7 @@ def main(argv=None):
         if now - last_log >= args.log_seconds or step >= total_steps:
             rate = (step - k - window[1]) * b / max(now - window[0], 1e-9)
             record = {"step": step - k, **dict(zip(METRIC_KEYS, map(float, values)))}
-            record["learning_rate"] = float(schedule(step - k))
+            record["learning_rate"] = float(host_rates(schedule, step - k))
             record["examples_per_second"] = rate
             record["elapsed_s"] = round(now - start, 1)
             log.append(record)

@@ -2,6 +2,14 @@
 
     .venv/bin/python benchmarks/sst2.py [--pretrain_steps=3000] [--seeds=3]
     .venv/bin/python benchmarks/sst2.py --quick     # reduced budget, labelled
+    .venv/bin/python benchmarks/sst2.py --init_checkpoint=DIR   # GPU-pretrained
+
+`--init_checkpoint=DIR` skips step 2 and fine-tunes from an existing
+pretraining `model_dir` (ours: `config.yaml` + `encoder.weights.h5` +
+`vocab.txt`), e.g. the one `benchmarks/gpu_pretrain.py` writes on a GPU;
+its `pretrain_summary.json`, when present, goes into the results. The
+random-init runs use the checkpoint's model sizes, so both arms compare
+the same architecture.
 
 What it measures (all on this machine, in one run):
 
@@ -62,6 +70,11 @@ def _flags(argv=None):
         "a smoke run whose numbers are NOT the benchmark",
     )
     p.add_argument("--skip_pretrain", action="store_true", help="reuse out_dir")
+    p.add_argument(
+        "--init_checkpoint",
+        default="",
+        help="fine-tune from this pretraining model_dir (no pretraining here)",
+    )
     p.add_argument(
         "--baseline_only", action="store_true", help="only TF-IDF + LR (seconds)"
     )
@@ -159,6 +172,24 @@ def pretrain(args) -> dict:
     }
 
 
+def existing_pretraining(args) -> dict:
+    """Describes `--init_checkpoint`; points `--model` at its sizes."""
+    from configs.loader import RESOLVED_CONFIG_FILE
+
+    model_dir = os.path.abspath(args.init_checkpoint)
+    config = os.path.join(model_dir, RESOLVED_CONFIG_FILE)
+    if not os.path.exists(config):
+        sys.exit(f"--init_checkpoint {model_dir} has no {RESOLVED_CONFIG_FILE}")
+    # Random init gets the same architecture as the pretrained encoder.
+    args.model = config
+    info = {"model_dir": model_dir}
+    summary = os.path.join(model_dir, "pretrain_summary.json")
+    if os.path.exists(summary):
+        with open(summary) as f:
+            info["summary"] = json.load(f)
+    return info
+
+
 def finetune(args, init_checkpoint, name) -> dict:
     from model import finetune as finetune_lib
 
@@ -195,7 +226,9 @@ def main(argv=None):
     print(f"TF-IDF + LR dev accuracy {results['tfidf']['accuracy']:.4f}", flush=True)
     if args.baseline_only:
         return results
-    if args.skip_pretrain:
+    if args.init_checkpoint:
+        results["pretrain"] = existing_pretraining(args)
+    elif args.skip_pretrain:
         results["pretrain"] = {"model_dir": os.path.join(args.out_dir, "pretrain")}
     else:
         results["pretrain"] = pretrain(args)
@@ -209,12 +242,22 @@ def main(argv=None):
     base = results["tfidf"]["accuracy"]
     label = " (REDUCED --quick budget: not the benchmark)" if args.quick else ""
     print(f"\nSST-2 dev accuracy{label}")
-    print(f"bert model {args.model}, pretraining {args.pretrain_steps} steps")
+    summary = results["pretrain"].get("summary")
+    if summary:
+        how = (
+            f"{summary['steps']} steps of batch {summary['batch_size']} on "
+            f"{summary['device']} ({summary['wall_s_total']:.0f} s)"
+        )
+    elif args.init_checkpoint:
+        how = f"from {args.init_checkpoint}"
+    else:
+        how = f"{args.pretrain_steps} steps"
+    print(f"bert model {args.model}, pretraining {how}")
     print("| model | dev accuracy | vs TF-IDF |")
     print("| --- | --- | --- |")
     print(f"| TF-IDF (1-2 grams) + logistic regression | {base:.4f} | 1.00x |")
     for key, name in (
-        ("pretrained", "BERT, pretrained here"),
+        ("pretrained", "BERT, pretrained" + ("" if args.init_checkpoint else " here")),
         ("random", "BERT, random init"),
     ):
         r = results[key]
