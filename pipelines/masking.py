@@ -248,7 +248,7 @@ def create_masked_lm_predictions_batch(
 
 # === Beam ===
 class MaskedBatch(NamedTuple):
-    """What `MaskTokens` emits: one document-round's masked instances.
+    """What `MaskTokens` emits: one bucket-round's masked instances.
 
     input_ids: int32 `[n, max_seq_length]` masked, zero-padded; lengths,
     num_a (length of `[CLS] A [SEP]`), labels, num_masked: `[n]`;
@@ -327,8 +327,8 @@ class _MaskFn(beam.DoFn):
         self._count = text.counter_fn(NAMESPACE)
 
     def process(self, batch):
-        # batch.mask_seed was drawn from the document's (seed, fingerprint,
-        # round) rng, so masks do not depend on where this element runs.
+        # batch.mask_seed comes from (seed, bucket, round, slice), so masks
+        # do not depend on where or in which order this element runs.
         yield mask_instance_batch(
             batch, vocab=self._vocab, counter_inc_fn=self._count, **self._params
         )
@@ -337,8 +337,8 @@ class _MaskFn(beam.DoFn):
 class MaskTokens(beam.PTransform):
     """Applies masked-LM masking to batches of instances.
 
-    Input: `sentence_pairs.InstanceBatch` (one document-round's instances:
-    `input_ids` lists, `num_a`, `labels`, `mask_seed`). Output:
+    Input: `sentence_pairs.InstanceBatch` (one bucket-round's instances:
+    padded `input_ids`, `lengths`, `num_a`, `labels`, `mask_seed`). Output:
     `MaskedBatch` (padded numpy arrays, see there).
     """
 

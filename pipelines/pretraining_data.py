@@ -10,13 +10,14 @@ The chain (each stage a PTransform of its own module):
 
     ReadDocuments        (doc_id, lines)            pipelines/corpus.py
     TokenizeDocuments    (fingerprint, ids, ends)   pipelines/tokenize.py
-    CreateSentencePairs  InstanceBatch (per doc)    pipelines/sentence_pairs.py
-    MaskTokens           MaskedBatch (per doc)      pipelines/masking.py
+    CreateSentencePairs  InstanceBatch (per bucket) pipelines/sentence_pairs.py
+    MaskTokens           MaskedBatch (per bucket)   pipelines/masking.py
     WriteTfRecords       pretraining-SSSSS-of-NNNNN.tfrecord[.gz]
 
-Every random choice derives from (--seed, document fingerprint, round), so
-the same input and seed give the same multiset of records on any runner and
-any number of workers. Flags are checked before any work (one `error:` line,
+Every random choice derives from (--seed, document fingerprint, round) (the
+masks: from the fingerprints of the document's hash bucket), so the same
+input and seed give the same multiset of records on any runner and any
+number of workers. Flags are checked before any work (one `error:` line,
 exit 2); bad data is counted, never fatal. The totals of every counter go
 into `metadata.json` and a summary printed at the end.
 """

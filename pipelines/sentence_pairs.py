@@ -302,15 +302,19 @@ def gather_instances(pool, spans_a, spans_b, max_seq_length, cls_at, sep_at):
 
 
 # === Beam ===
+MAX_BATCH_ROWS = 4096  # instances per InstanceBatch (bounds its memory)
+_MASK_SEED_TAG = 0x4D41534B  # keeps mask seeds apart from other derived seeds
+
+
 class InstanceBatch(NamedTuple):
-    """What `CreateSentencePairs` emits: one document-round's instances.
+    """What `CreateSentencePairs` emits: one bucket-round's instances.
 
     input_ids: int32 `[n, max_seq_length]`, `[CLS] A [SEP] B [SEP]` then
     zero padding; lengths: `[n]` unpadded lengths; num_a: `[n]` length of
     `[CLS] A [SEP]`; labels: `[n]` sentence-task labels; mask_seed: 64-bit
-    seed for masking, drawn from the document's (seed, fingerprint, round)
-    rng. Batching per document keeps Beam's per-element cost off the
-    per-instance path.
+    seed for masking, from (seed, the bucket's smallest fingerprint, round,
+    slice). Large batches keep Beam's per-element cost and numpy's per-call
+    cost off the per-instance path.
     """
 
     input_ids: np.ndarray
@@ -331,7 +335,7 @@ class _AssignBucketsFn(beam.DoFn):
 
 
 class _PairBucketFn(beam.DoFn):
-    """One bucket -> an `InstanceBatch` per document and round."""
+    """One bucket -> an `InstanceBatch` per round (sliced when large)."""
 
     def __init__(self, **params):
         self._params = params  # small scalars only
@@ -367,6 +371,7 @@ class _PairBucketFn(beam.DoFn):
 
         count(DOCUMENTS_ONE_SENTENCE, sum(len(x) == 1 for x in lengths))
         for round_ in range(self._dupe_factor):
+            parts = []
             for index, (fp, _, _) in enumerate(docs):
                 rng = text.make_rng(self._seed, fp, round_)
                 spans = create_pair_spans(
@@ -386,15 +391,29 @@ class _PairBucketFn(beam.DoFn):
                     d = s[:, doc_col]
                     d = np.where(d < 0, index, d + (d >= index))
                     s[:, lo_col : lo_col + 2] += offsets[d][:, None]
+                parts.append(s)
+            if not parts:
+                continue
+            s = np.concatenate(parts)
+            random_next = int(s[:, 6].sum())
+            count(PAIRS, len(s))
+            count(PAIRS_RANDOM_NEXT, random_next)
+            count(PAIRS_ACTUAL_NEXT, len(s) - random_next)
+            # One batch per bucket-round (in slices of MAX_BATCH_ROWS): the
+            # per-batch costs downstream (masking, encoding) are paid once
+            # for ~bucket_size documents, which matters most for corpora of
+            # short documents. Its masking seed comes from the bucket's
+            # first (smallest) fingerprint, the round and the slice: the
+            # same on every runner, like the bucket itself.
+            for part, lo in enumerate(range(0, len(s), MAX_BATCH_ROWS)):
+                rows = s[lo : lo + MAX_BATCH_ROWS]
                 ids, lengths_, num_a = gather_instances(
-                    pool, s[:, 1:3], s[:, 4:6], max_seq_length, cls_at, sep_at
+                    pool, rows[:, 1:3], rows[:, 4:6], max_seq_length, cls_at, sep_at
                 )
-                labels = s[:, 6]
-                random_next = int(labels.sum())
-                count(PAIRS, len(spans))
-                count(PAIRS_RANDOM_NEXT, random_next)
-                count(PAIRS_ACTUAL_NEXT, len(spans) - random_next)
-                yield InstanceBatch(ids, lengths_, num_a, labels, rng.getrandbits(64))
+                mask_seed = text.derive_seed(
+                    self._seed, docs[0][0], round_, part, _MASK_SEED_TAG
+                )
+                yield InstanceBatch(ids, lengths_, num_a, rows[:, 6], mask_seed)
         for name, value in counts.items():
             self._count(name, value)
         self._progress.add(counts[PAIRS])
@@ -405,14 +424,16 @@ class CreateSentencePairs(beam.PTransform):
 
     Input: `(fingerprint: int, flat: np.ndarray[int32], ends: np.ndarray)`
     per document (see `TokenizeDocuments`). Output: one `InstanceBatch` per
-    document and duplication round (`dupe_factor` rounds).
+    bucket and duplication round (`dupe_factor` rounds), sliced into
+    `MAX_BATCH_ROWS` rows.
 
     Every document gets a bucket key `hash(seed, fingerprint) %
     num_buckets`, with `num_buckets = ceil(num_documents / bucket_size)`; a
     GroupByKey gathers each bucket, so random next sentences come from the
     ~`bucket_size` other documents of that bucket and a worker holds one
     bucket at a time. All `dupe_factor` rounds of a bucket are made there,
-    each document-round with its own rng from (seed, fingerprint, round):
+    each document-round's pairs with their own rng from (seed, fingerprint,
+    round), the masks per bucket-round (see `InstanceBatch`):
     the shuffle carries each document's tokens once, not `dupe_factor`
     times (10x less shuffle at bert's default), at the price of the same
     ~`bucket_size` partner documents in every round. Membership, and so

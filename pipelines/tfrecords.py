@@ -434,7 +434,7 @@ class WriteTfRecords(beam.PTransform):
     names (`OUTPUT_DIR/pretraining-SSSSS-of-NNNNN.tfrecord[.gz]`, exactly
     `num_shards` of them, empty ones included).
 
-    A document-round's records are dealt record by record over the shards
+    A batch's records are dealt record by record over the shards
     (`_WritePiecesFn`), so no shard holds a document's instances together.
     Only piece *names* are grouped (one small GroupByKey), then each shard's
     pieces are concatenated: the records never go through a shuffle. That
