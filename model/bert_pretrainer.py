@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from configs import features
+from model import fused_ops
 from model.bert_backbone import bert_kernel_initializer
 from model.heads import MaskedLMHead, SentencePredictionHead
 
@@ -119,14 +120,14 @@ def pretraining_loss_terms(batch, outputs):
     `combine_loss_terms`) gives the same loss on one device as on N
     replicas, as in the Model Garden's `masked_lm.py` weighting.
     """
-    mlm_logits = outputs[MLM_LOGITS]
     ids = ops.cast(batch[features.MASKED_LM_IDS], "int32")
     weights = ops.cast(batch[features.MASKED_LM_WEIGHTS], "float32")
-    token_loss = ops.sparse_categorical_crossentropy(ids, mlm_logits, from_logits=True)
-    # Correct when the target's logit is the largest: a max reduction that
-    # the softmax needs anyway (XLA shares it), unlike a separate argmax.
-    target_logit = ops.take_along_axis(mlm_logits, ids[..., None], axis=-1)[..., 0]
-    token_correct = ops.cast(target_logit >= ops.max(mlm_logits, axis=-1), "float32")
+    # One XLA kernel over the `[b, p, vocab]` logits (and one for their
+    # gradient) instead of TF's separate softmax-cross-entropy, max and
+    # gather passes: half the loss time of a bf16 CPU step.
+    mlm_loss_sum, mlm_correct = fused_ops.run(
+        _mlm_loss_terms, outputs[MLM_LOGITS], ids, weights, fused=True
+    )
     sentence_logits = outputs[SENTENCE_LOGITS]
     labels = ops.reshape(ops.cast(batch[features.NEXT_SENTENCE_LABELS], "int32"), (-1,))
     sentence_loss = ops.sparse_categorical_crossentropy(
@@ -137,12 +138,26 @@ def pretraining_loss_terms(batch, outputs):
         "float32",
     )
     return {
-        "mlm_loss_sum": ops.sum(token_loss * weights, axis=-1),
+        "mlm_loss_sum": mlm_loss_sum,
         "mlm_weight": ops.sum(weights, axis=-1),
-        "mlm_correct": ops.sum(token_correct * weights, axis=-1),
+        "mlm_correct": mlm_correct,
         "sentence_loss": sentence_loss,
         "sentence_correct": sentence_correct,
     }
+
+
+def _mlm_loss_terms(logits, ids, weights):
+    """Weighted token cross-entropy and correct counts, summed per example.
+
+    Args: float32 `logits` `[b, p, vocab]`, int32 `ids` and float32
+    `weights` `[b, p]`. Returns two float32 `[b]` tensors.
+    """
+    token_loss = ops.sparse_categorical_crossentropy(ids, logits, from_logits=True)
+    # Correct when the target's logit is the largest: a max reduction that
+    # the softmax needs anyway (XLA shares it), unlike a separate argmax.
+    target_logit = ops.take_along_axis(logits, ids[..., None], axis=-1)[..., 0]
+    correct = ops.cast(target_logit >= ops.max(logits, axis=-1), "float32")
+    return ops.sum(token_loss * weights, axis=-1), ops.sum(correct * weights, axis=-1)
 
 
 def combine_loss_terms(sums, total_mlm_weight, total_examples):

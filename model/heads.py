@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from model import fused_ops
+
 
 @keras.saving.register_keras_serializable(package="bert")
 class MaskedLMHead(keras.layers.Layer):
@@ -95,8 +97,9 @@ class MaskedLMHead(keras.layers.Layer):
         table = ops.cast(self.token_embedding.embeddings, self.compute_dtype)
         logits = ops.matmul(x, ops.transpose(table))  # [b, p, vocab]
         # float32 logits: the softmax over a 30k vocabulary needs the range.
-        logits = ops.cast(logits, "float32")
-        return logits + ops.cast(self.output_bias, "float32")
+        # Cast and bias in one XLA kernel (and its gradient, the bias sum):
+        # three passes over `[b, p, vocab]` become one.
+        return fused_ops.run(_float32_add_bias, logits, self.output_bias, fused=True)
 
     def compute_output_shape(self, inputs_shape, masked_positions_shape):
         return tuple(masked_positions_shape) + (self.vocabulary_size,)
@@ -186,3 +189,7 @@ class SentencePredictionHead(keras.layers.Layer):
             }
         )
         return config
+
+
+def _float32_add_bias(logits, bias):
+    return ops.cast(logits, "float32") + ops.cast(bias, "float32")

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from model import fused_ops
+
 
 @keras.saving.register_keras_serializable(package="bert")
 class TransformerEncoder(keras.layers.Layer):
@@ -104,7 +106,6 @@ class TransformerEncoder(keras.layers.Layer):
         # === Feed-forward ===
         self._feedforward_intermediate_dense = keras.layers.Dense(
             self.intermediate_dim,
-            activation=self.activation,
             name="feedforward_intermediate_dense",
             **dense_args,
         )
@@ -129,38 +130,87 @@ class TransformerEncoder(keras.layers.Layer):
     def _clone(self, initializer):
         return initializer.__class__.from_config(initializer.get_config())
 
-    def _self_attention(self, x, padding_mask, training):
-        hidden_dim = self.num_heads * self.head_dim
-        qkv = self._qkv_dense(x)  # [b, t, 3 * hidden]
-        qkv = ops.reshape(qkv, ops.shape(qkv)[:-1] + (3, self.num_heads, self.head_dim))
-        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # [3, b, n, t, h]
-        # unstack, not qkv[0], qkv[1], qkv[2]: the gradient of a strided
-        # slice (StridedSliceGrad) cost 16% of a bf16 CPU step; unstack's
-        # is one cheap stack.
-        query, key, value = ops.unstack(qkv, 3, axis=0)
-        query = query * ops.cast(self.head_dim**-0.5, query.dtype)
-        scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
-        # Softmax in float32: bf16/fp16 logits lose the small differences.
-        scores = ops.cast(scores, "float32")  # [b, n, t, s]
-        if padding_mask is not None:
-            keep = ops.cast(padding_mask, "float32")[:, None, None, :]
-            scores = scores + (1.0 - keep) * -1e9
-        probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
-        probs = self._attention_dropout(probs, training=training)
-        context = ops.matmul(probs, value)  # [b, n, t, h]
-        context = ops.transpose(context, (0, 2, 1, 3))
-        context = ops.reshape(context, ops.shape(context)[:-2] + (hidden_dim,))
-        return self._attention_output_dense(context)
+    def _matmul(self, x, dense):
+        # The Dense layers hold the weights (names and checkpoints as
+        # before); their matmul runs here on 2-D `[b * t, in]` inputs (one
+        # oneDNN MatMul, no Tensordot reshapes) and their bias joins the
+        # fused elementwise ops that follow.
+        return ops.matmul(x, ops.cast(dense.kernel, self.compute_dtype))
+
+    def _keep_mask(self, shape, dropout_layer, training):
+        if not training or self.dropout <= 0:
+            return None
+        return fused_ops.dropout_keep_mask(
+            shape, self.dropout, dropout_layer.seed_generator
+        )
 
     def call(self, inputs, padding_mask=None, training=None):
-        x = inputs
-        attention = self._self_attention(x, padding_mask, training)
-        attention = self._self_attention_dropout(attention, training=training)
-        x = self._self_attention_layer_norm(x + attention)
-        hidden = self._feedforward_intermediate_dense(x)
-        hidden = self._feedforward_output_dense(hidden)
-        hidden = self._feedforward_dropout(hidden, training=training)
-        return self._feedforward_layer_norm(x + hidden)
+        # `fused`: XLA kernels for the elementwise chains between matmuls
+        # in training steps (see model/fused_ops.py); plain ops otherwise.
+        fused = bool(training)
+        dtype = self.compute_dtype
+        shape = ops.shape(inputs)
+        batch, length = shape[0], shape[1]
+        hidden_dim = self.num_heads * self.head_dim
+        x = ops.reshape(inputs, (-1, hidden_dim))  # [b * t, hidden]
+
+        # === Self-attention ===
+        qkv = self._matmul(x, self._qkv_dense)
+        qkv = ops.reshape(qkv, (batch, length, 3 * hidden_dim))
+        query, key_t, value = fused_ops.run(
+            _split_heads,
+            qkv,
+            self._qkv_dense.bias,
+            fused=fused,
+            num_heads=self.num_heads,
+        )
+        scores = ops.matmul(query, key_t)  # [b, n, t, s]
+        keep = self._keep_mask(ops.shape(scores), self._attention_dropout, training)
+        probs = fused_ops.masked_softmax_dropout(
+            scores, padding_mask, keep, rate=self.dropout, dtype=dtype, fused=fused
+        )
+        context = ops.matmul(probs, value)  # [b, n, t, h]
+        context = fused_ops.run(_merge_heads, context, fused=fused)
+        attention = self._matmul(context, self._attention_output_dense)
+        keep = self._keep_mask(
+            ops.shape(attention), self._self_attention_dropout, training
+        )
+        x = fused_ops.bias_dropout_residual_layer_norm(
+            attention,
+            self._attention_output_dense.bias,
+            x,
+            keep,
+            self._self_attention_layer_norm.gamma,
+            self._self_attention_layer_norm.beta,
+            rate=self.dropout,
+            epsilon=self.layer_norm_epsilon,
+            dtype=dtype,
+            fused=fused,
+        )
+
+        # === Feed-forward ===
+        hidden = self._matmul(x, self._feedforward_intermediate_dense)
+        hidden = fused_ops.bias_activation(
+            hidden,
+            self._feedforward_intermediate_dense.bias,
+            activation=self.activation,
+            fused=fused,
+        )
+        hidden = self._matmul(hidden, self._feedforward_output_dense)
+        keep = self._keep_mask(ops.shape(hidden), self._feedforward_dropout, training)
+        x = fused_ops.bias_dropout_residual_layer_norm(
+            hidden,
+            self._feedforward_output_dense.bias,
+            x,
+            keep,
+            self._feedforward_layer_norm.gamma,
+            self._feedforward_layer_norm.beta,
+            rate=self.dropout,
+            epsilon=self.layer_norm_epsilon,
+            dtype=dtype,
+            fused=fused,
+        )
+        return ops.reshape(x, shape)
 
     def compute_output_shape(self, inputs_shape):
         return inputs_shape
@@ -181,3 +231,26 @@ class TransformerEncoder(keras.layers.Layer):
             }
         )
         return config
+
+
+def _split_heads(qkv, bias, *, num_heads):
+    """`[b, t, 3 * H]` + bias -> scaled query `[b, n, t, h]`, key
+    transposed `[b, n, h, s]` (ready for `query @ key_t`), value
+    `[b, n, s, h]`."""
+    qkv = qkv + ops.cast(bias, qkv.dtype)
+    shape = ops.shape(qkv)
+    head_dim = qkv.shape[-1] // (3 * num_heads)
+    qkv = ops.reshape(qkv, (shape[0], shape[1], 3, num_heads, head_dim))
+    query, key, value = ops.unstack(qkv, 3, axis=2)  # each [b, t, n, h]
+    query = ops.transpose(query, (0, 2, 1, 3)) * ops.cast(head_dim**-0.5, qkv.dtype)
+    return (
+        query,
+        ops.transpose(key, (0, 2, 3, 1)),
+        ops.transpose(value, (0, 2, 1, 3)),
+    )
+
+
+def _merge_heads(context):
+    """`[b, n, t, h]` -> `[b * t, n * h]`."""
+    context = ops.transpose(context, (0, 2, 1, 3))
+    return ops.reshape(context, (-1, context.shape[-2] * context.shape[-1]))
