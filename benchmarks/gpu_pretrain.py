@@ -34,6 +34,7 @@ epoch by epoch in a fresh random order.
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import lzma
 import os
@@ -219,8 +220,12 @@ class BatchOrder:
 # === Config and model_dir ===
 
 
-def resolve_config(args, metadata):
-    """Our `ExperimentConfig` for this run (what `config.yaml` records)."""
+def resolve_config(args, metadata, vocab_bytes):
+    """Our `ExperimentConfig` for this run (what `config.yaml` records).
+
+    Raises `ConfigError` if the records do not fit the model config or
+    were not made with the vocabulary packed beside them.
+    """
     overrides = [
         f"data.{name}={json.dumps(metadata[name])}"
         for name in (
@@ -250,6 +255,7 @@ def resolve_config(args, metadata):
         max_predictions_per_seq=cfg.data.max_predictions_per_seq,
         vocabulary_size=cfg.model.vocabulary_size,
         max_sequence_length=cfg.model.max_sequence_length,
+        vocab_sha256=hashlib.sha256(vocab_bytes).hexdigest(),
     )
     return cfg
 
@@ -351,7 +357,7 @@ def main(argv=None):
     import jax.numpy as jnp
 
     ids, lengths, a_lengths, nsp, vocab_bytes, metadata = load_sequences(args.data)
-    cfg = resolve_config(args, metadata)
+    cfg = resolve_config(args, metadata, vocab_bytes)
     vocab = vocab_bytes.decode("utf-8").split("\n")
     if vocab and vocab[-1] == "":
         vocab.pop()
