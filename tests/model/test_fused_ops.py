@@ -37,6 +37,7 @@ def test_xla_fused_encoder_matches_plain_ops(dtype):
     # (plain ops): forward and gradients.
     import tensorflow as tf
 
+    keras.utils.set_random_seed(0)
     layer = TransformerEncoder(num_heads=2, intermediate_dim=32, dtype=dtype)
     x = tf.constant(np.random.RandomState(0).randn(2, 6, 16), tf.float32)
     mask = tf.constant([[1, 1, 1, 1, 0, 0], [1] * 6], tf.int32)
@@ -50,11 +51,15 @@ def test_xla_fused_encoder_matches_plain_ops(dtype):
         grads = tape.gradient(loss, [x] + [v.value for v in layer.trainable_weights])
         return [y] + grads
 
-    tol = 1e-4 if dtype == "float32" else 5e-2
     for fused, plain in zip(run(True), run(False)):
-        np.testing.assert_allclose(
-            np.asarray(fused), np.asarray(plain), rtol=tol, atol=tol
-        )
+        fused, plain = np.asarray(fused), np.asarray(plain)
+        if dtype == "float32":
+            np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-4)
+        else:
+            # XLA keeps some intermediates in float32 that TF rounds to
+            # bf16: compare whole tensors (bf16 has 8 mantissa bits).
+            error = np.linalg.norm(fused - plain) / np.linalg.norm(plain)
+            assert error < 0.03
 
 
 def test_encoder_dropout_rate_one_zeroes_residual_branches():
