@@ -4,12 +4,15 @@ import pytest
 
 from model import training
 
+CPU_PRECISION = "mixed_bfloat16" if training._cpu_has_bf16() else "float32"
+
 
 @pytest.mark.parametrize(
     "hidden, device, replicas, want",
     [
-        (128, "cpu", 1, ("float32", True)),
-        (128, "cpu", 2, ("float32", False)),
+        (128, "cpu", 1, (CPU_PRECISION, False)),
+        (512, "cpu", 1, (CPU_PRECISION, False)),
+        (128, "cpu", 2, (CPU_PRECISION, False)),
         (768, "gpu", 1, ("mixed_bfloat16", True)),
         (1024, "tpu", 8, ("mixed_bfloat16", False)),
     ],
