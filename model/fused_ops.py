@@ -201,5 +201,15 @@ def run(fn, *tensors, fused, **static):
     compiled = _COMPILED.get(key)
     if compiled is None:
         compiled = _COMPILED[key] = xla(functools.partial(fn, **static))
-    # Keras variables enter as their (possibly autocast) values.
-    return compiled(*(t.value if isinstance(t, keras.Variable) else t for t in tensors))
+    # Variables enter as tensors read here (autocast where the layer
+    # autocasts): a (Mirrored) variable passed into the XLA function got no
+    # gradient, or failed to trace, under MirroredStrategy.
+    return compiled(*(None if t is None else _to_tensor(t) for t in tensors))
+
+
+def _to_tensor(value):
+    import tensorflow as tf
+
+    if isinstance(value, keras.Variable):
+        value = value.value
+    return tf.convert_to_tensor(value)

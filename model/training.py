@@ -2,8 +2,8 @@
 
 - `choose_fast_path`: the one place that picks precision and XLA per size
   and device when the config says `auto`.
-- `apply_gradients`: cross-replica sum, global-norm clip, loss-scale aware
-  apply, valid under every `tf.distribute` strategy.
+- `apply_gradients`: one cross-replica sum, global-norm clip, loss-scale
+  aware apply, valid under every `tf.distribute` strategy.
 - `CheckpointState`: `tf.train.CheckpointManager` over model, optimizer and
   step; automatic resume from `model_dir`.
 - `MetricsLogger`: `metrics.jsonl` + TensorBoard scalars (chief only).
@@ -78,10 +78,11 @@ def _cpu_has_bf16():
 def apply_gradients(optimizer, loss, tape, variables, clipnorm, num_replicas):
     """Computes, sums, clips and applies gradients (in replica context).
 
-    Gradients are summed across replicas here so that clipping uses the
-    global norm of the global gradient (google-research/bert's
-    `clip_by_global_norm`). Keras' TF optimizer sums per-replica gradients
-    again in `apply`, so each replica hands it `sum / num_replicas`.
+    Gradients are summed across replicas here, once, so that clipping uses
+    the global norm of the global gradient (google-research/bert's
+    `clip_by_global_norm`). Keras' TF optimizer would all-reduce (sum) them
+    a second time inside `apply`; `_sum_across_replicas_once` turns that
+    off for this optimizer, so one all-reduce per step moves the gradients.
 
     Args:
         optimizer: Keras optimizer (maybe a `LossScaleOptimizer`).
@@ -104,9 +105,11 @@ def apply_gradients(optimizer, loss, tape, variables, clipnorm, num_replicas):
     else:
         grads = tape.gradient(loss, variables)
     grads = [tf.convert_to_tensor(g) for g in grads]
+    summed_once = False
     if num_replicas > 1:
         context = tf.distribute.get_replica_context()
         grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        summed_once = _sum_across_replicas_once(optimizer)
     if scale is not None:
         grads = [g / scale for g in grads]
     norm = tf.linalg.global_norm(grads)
@@ -114,10 +117,31 @@ def apply_gradients(optimizer, loss, tape, variables, clipnorm, num_replicas):
         grads, _ = tf.clip_by_global_norm(grads, clipnorm, use_norm=norm)
     if scale is not None:
         grads = [g * scale for g in grads]  # the optimizer unscales
-    if num_replicas > 1:
+    if num_replicas > 1 and not summed_once:
+        # This Keras sums again in `apply`: hand it `sum / num_replicas`.
         grads = [g / num_replicas for g in grads]
     optimizer.apply_gradients(zip(grads, variables))
     return norm
+
+
+def _sum_across_replicas_once(optimizer):
+    """Stops Keras' TF optimizer from all-reducing already summed grads.
+
+    Keras 3's `TFOptimizer._backend_update_step` sums the gradients across
+    replicas with `_all_reduce_sum_gradients` (no switch to skip it, unlike
+    Keras 2's `experimental_aggregate_gradients=False`). Replacing that
+    method on this optimizer instance with the identity keeps the update
+    itself (per-replica `extended.update` on mirrored variables) and drops
+    the second all-reduce. Returns False (and changes nothing) on a Keras
+    without that method, where the caller divides by the replica count.
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if not hasattr(inner, "_all_reduce_sum_gradients"):
+        return False
+    if not getattr(inner, "_grads_summed_by_loop", False):
+        inner._all_reduce_sum_gradients = lambda grads_and_vars: list(grads_and_vars)
+        inner._grads_summed_by_loop = True
+    return True
 
 
 class CheckpointState:
