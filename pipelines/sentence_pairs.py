@@ -121,6 +121,8 @@ def create_pair_spans(
     if rng.random() < short_seq_prob:
         target_seq_length = rng.randint(2, max_num_tokens)
     starts = [0, *itertools.accumulate(lengths)]  # token offset of sentence i
+    if nsp and other_starts is None:
+        other_starts = _starts(other_lengths)
 
     spans = []
     n = len(lengths)
@@ -130,36 +132,18 @@ def create_pair_spans(
         chunk_length += lengths[i]
         if i == n - 1 or chunk_length >= target_seq_length:
             c0, c1 = chunk_start, i + 1  # the chunk: sentences [c0, c1)
-            size = c1 - c0
-            span, dropped = None, False
             if nsp:
-                a_end = c0 + (1 + _below(rng, size - 1) if size >= 2 else 1)
-                a_lo, a_hi = starts[c0], starts[a_end]
-                if size == 1 or rng.random() < 0.5:
-                    if other_lengths:
-                        # A random B from another document of the bucket.
-                        if other_starts is None:
-                            other_starts = _starts(other_lengths)
-                        target_b_length = target_seq_length - (a_hi - a_lo)
-                        d = _below(rng, len(other_lengths))
-                        other = other_lengths[d]
-                        j = j0 = _below(rng, len(other))
-                        b_length = 0
-                        while j < len(other):
-                            b_length += other[j]
-                            j += 1
-                            if b_length >= target_b_length:
-                                break
-                        b_lo, b_hi = other_starts[d][j0], other_starts[d][j]
-                        span = [-1, a_lo, a_hi, d, b_lo, b_hi, features.NOT_NEXT]
-                        i -= c1 - a_end  # put the unused sentences back
-                    elif size == 1:
-                        counter_inc_fn(CHUNKS_DROPPED_NO_OTHER, 1)
-                        dropped = True
-                    else:
-                        counter_inc_fn(PAIRS_NO_OTHER_DOCUMENT, 1)
-                if span is None and not dropped:
-                    span = [-1, a_lo, a_hi, -1, a_hi, starts[c1], features.IS_NEXT]
+                span, unused = _nsp_span(
+                    starts,
+                    c0,
+                    c1,
+                    other_lengths,
+                    other_starts,
+                    target_seq_length,
+                    rng,
+                    counter_inc_fn,
+                )
+                i -= unused  # put the unused sentences back
             else:
                 span = _sop_span(starts, c0, c1, rng, counter_inc_fn)
             if span is not None:
@@ -183,6 +167,35 @@ def create_pair_spans(
 def _starts(lengths_per_document):
     """`[0, *cumsum(lengths)]` per document: token offsets of sentences."""
     return [[0, *itertools.accumulate(x)] for x in lengths_per_document]
+
+
+def _nsp_span(starts, c0, c1, other_lengths, other_starts, target, rng, count):
+    """NSP: A = the chunk's first sentences; B = the rest (label 0) or, half
+    the time and always for a one-sentence chunk, sentences from a random
+    position of another document up to the target length (label 1; the
+    chunk's unused sentences go back). Returns `(span or None, unused)`."""
+    size = c1 - c0
+    a_end = c0 + (1 + _below(rng, size - 1) if size >= 2 else 1)
+    a_lo, a_hi = starts[c0], starts[a_end]
+    if size == 1 or rng.random() < 0.5:
+        if other_lengths:
+            target_b_length = target - (a_hi - a_lo)
+            d = _below(rng, len(other_lengths))
+            other = other_lengths[d]
+            j = j0 = _below(rng, len(other))
+            b_length = 0
+            while j < len(other):
+                b_length += other[j]
+                j += 1
+                if b_length >= target_b_length:
+                    break
+            b_lo, b_hi = other_starts[d][j0], other_starts[d][j]
+            return [-1, a_lo, a_hi, d, b_lo, b_hi, features.NOT_NEXT], c1 - a_end
+        if size == 1:
+            count(CHUNKS_DROPPED_NO_OTHER, 1)
+            return None, 0
+        count(PAIRS_NO_OTHER_DOCUMENT, 1)
+    return [-1, a_lo, a_hi, -1, a_hi, starts[c1], features.IS_NEXT], 0
 
 
 def _sop_span(starts, c0, c1, rng, count):
