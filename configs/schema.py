@@ -154,7 +154,12 @@ class FinetuneConfig:
     label_column: str = "label"
     seed: int = 0
     seeds: int = 1  # repeat with seeds seed..seed+N-1, report mean ± std
-    precision: str = "float32"
+    # auto: bfloat16 on GPUs/TPUs and bf16 CPUs (AMX), else float32. The
+    # variables stay float32 either way, so exports are float32.
+    precision: str = "auto"  # auto | float32 | mixed_bfloat16 | mixed_float16
+    # Batches of similar length, trimmed to their longest row (rounded up to
+    # 8): ~2.5x less padding on SST-2; batch order is still shuffled.
+    group_by_length: bool = True
     max_steps: int = 0  # stop after this many steps (0 = full epochs)
 
     def validate(self) -> None:
@@ -165,6 +170,10 @@ class FinetuneConfig:
         _check(self.max_seq_length >= 8, "max_seq_length must be at least 8")
         _check(self.seeds >= 1, "seeds must be at least 1")
         _check(self.max_steps >= 0, "max_steps must be >= 0")
+        _check(
+            self.precision in ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+            "finetune.precision: auto|float32|mixed_bfloat16|mixed_float16",
+        )
 
 
 @dataclass(frozen=True)

@@ -376,7 +376,8 @@ def _make_callbacks(eval_ds, eval_labels, num_classes, run_dir, log_every, quiet
             if quiet or self.step % log_every:
                 return
             lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            rate = self.step / max(time.time() - self.start, 1e-9)
+            elapsed = time.time() - self.start
+            rate = self.step / max(elapsed, 1e-9)
             print(
                 f"  step {self.step}: loss {logs.get('loss', 0):.4f}, "
                 f"lr {lr:.2e}, {rate:.1f} steps/s",
@@ -385,7 +386,12 @@ def _make_callbacks(eval_ds, eval_labels, num_classes, run_dir, log_every, quiet
             with open(os.path.join(run_dir, METRICS_LOG_FILE), "a") as f:
                 f.write(
                     json.dumps(
-                        {"kind": "train", "step": self.step, "loss": logs.get("loss")}
+                        {
+                            "kind": "train",
+                            "step": self.step,
+                            "loss": logs.get("loss"),
+                            "elapsed_s": round(elapsed, 3),
+                        }
                     )
                     + "\n"
                 )
@@ -393,15 +399,35 @@ def _make_callbacks(eval_ds, eval_labels, num_classes, run_dir, log_every, quiet
     return EvaluateEachEpoch(), Progress()
 
 
-def build_classifier(cfg, init, num_classes):
-    """A `BertClassifier` over a fresh or pretrained `BertBackbone`."""
+def resolve_precision(precision, hidden_dim):
+    """`finetune.precision` -> a Keras dtype policy name ("auto" resolved).
+
+    The same choice as pretraining (`training.choose_fast_path`): bfloat16
+    on GPUs/TPUs and on CPUs with bf16 instructions, else float32. Whole-step
+    XLA stays off: compile time dominates short fine-tuning runs.
+    """
+    from model import training
+    from model.strategy import device_kind
+
+    policy, _ = training.choose_fast_path(
+        precision, "false", hidden_dim, device_kind(), 1
+    )
+    return policy
+
+
+def build_classifier(cfg, init, num_classes, dtype=None):
+    """A `BertClassifier` over a fresh or pretrained `BertBackbone`.
+
+    `dtype` is the backbone's dtype policy (e.g. "mixed_bfloat16"); weights
+    are float32 variables under every policy.
+    """
     from model.bert_backbone import BertBackbone, load_pretrained_backbone
     from model.bert_classifier import BertClassifier
 
     if init.kind == "random":
-        backbone = BertBackbone.from_model_config(cfg.model)
+        backbone = BertBackbone.from_model_config(cfg.model, dtype=dtype)
     else:
-        backbone = load_pretrained_backbone(init.path, model_cfg=cfg.model)
+        backbone = load_pretrained_backbone(init.path, model_cfg=cfg.model, dtype=dtype)
     return BertClassifier(backbone, num_classes, dropout=cfg.finetune.dropout)
 
 
@@ -421,9 +447,11 @@ def train_one(
     import keras
     import tensorflow as tf
 
+    from model import text_data
     from model.optimization import create_optimizer
 
     ft = cfg.finetune
+    precision = resolve_precision(ft.precision, cfg.model.hidden_dim)
     os.makedirs(run_dir, exist_ok=True)
     log = os.path.join(run_dir, METRICS_LOG_FILE)
     if os.path.exists(log):
@@ -436,30 +464,35 @@ def train_one(
         epochs = math.ceil(ft.max_steps / steps_per_epoch)
     total_steps = epochs * steps_per_epoch
     warmup_steps = int(round(total_steps * ft.warmup_proportion))
-    model = build_classifier(cfg, init, len(labels))
+    model = build_classifier(cfg, init, len(labels), dtype=precision)
+    optimizer = create_optimizer(
+        learning_rate=ft.learning_rate,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+        weight_decay=ft.weight_decay,
+        global_clipnorm=1.0,
+    )
+    if precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
-        optimizer=create_optimizer(
-            learning_rate=ft.learning_rate,
-            total_steps=total_steps,
-            warmup_steps=warmup_steps,
-            weight_decay=ft.weight_decay,
-            global_clipnorm=1.0,
-        ),
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         # XLA compile time dominates short CPU runs; plain graphs start faster.
         jit_compile=False,
     )
-    batches = (
-        train_ds.shuffle(
-            min(n_train, 100_000), seed=seed, reshuffle_each_iteration=True
-        )
-        .repeat()
-        .batch(ft.batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    shuffled = train_ds.shuffle(
+        min(n_train, 100_000), seed=seed, reshuffle_each_iteration=True
+    ).repeat()
+    if ft.group_by_length:
+        batches = text_data.length_grouped_batches(shuffled, ft.batch_size, seed=seed)
+    else:
+        batches = shuffled.batch(ft.batch_size)
+    batches = batches.prefetch(tf.data.AUTOTUNE)
     print(
         f"seed {seed}: {epochs} epoch(s) x {steps_per_epoch} steps, batch "
-        f"{ft.batch_size}, peak lr {ft.learning_rate:g}, warm-up {warmup_steps} steps",
+        f"{ft.batch_size}, peak lr {ft.learning_rate:g}, warm-up {warmup_steps} "
+        f"steps, {precision}"
+        + (", length-grouped batches" if ft.group_by_length else ""),
         flush=True,
     )
     evaluate, progress = _make_callbacks(
@@ -527,6 +560,13 @@ def run(argv=None) -> dict:
     label_names = tuple(cfg.export.label_names)
     if len(label_names) != len(labels):
         label_names = ()
+    # Resolved once, recorded in config.yaml (export builds float32 anyway).
+    cfg = cfg.replace(
+        finetune=dataclasses.replace(
+            cfg.finetune,
+            precision=resolve_precision(cfg.finetune.precision, cfg.model.hidden_dim),
+        )
+    )
     final_cfg = cfg.replace(
         finetune=dataclasses.replace(cfg.finetune, labels=tuple(labels)),
         data=dataclasses.replace(cfg.data, vocab_file=VOCAB_FILE),

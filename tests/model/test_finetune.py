@@ -99,6 +99,76 @@ def test_tokenized_dataset_matches_packer(vocab_tokens):
     assert first["input_ids"].dtype.name == "int32"
 
 
+def _padded_rows(lengths, seq):
+    """Unbatched `(features, label)` rows, row i with lengths[i] real tokens."""
+    import tensorflow as tf
+
+    n = len(lengths)
+    positions = np.arange(seq)[None, :]
+    mask = (positions < np.asarray(lengths)[:, None]).astype(np.int32)
+    ids = (np.arange(n)[:, None] * 1000 + positions + 1) * mask  # row-unique
+    x = {
+        features.INPUT_IDS: ids.astype(np.int32),
+        features.INPUT_MASK: mask,
+        features.SEGMENT_IDS: np.zeros_like(mask),
+    }
+    return tf.data.Dataset.from_tensor_slices((x, np.arange(n, dtype=np.int32)))
+
+
+@pytest.mark.parametrize("group_batches", [1, 4, 16])
+def test_length_grouped_batches_keep_every_row_and_token(group_batches):
+    rng = np.random.default_rng(group_batches)
+    seq, batch = 64, 8
+    lengths = rng.integers(2, seq + 1, size=500)
+    ds = _padded_rows(lengths, seq)
+    batches = list(
+        text_data.length_grouped_batches(
+            ds, batch, seed=3, group_batches=group_batches, pad_multiple=8
+        )
+    )
+    seen = []
+    widths = set()
+    for x, y in batches:
+        ids, mask = x[features.INPUT_IDS].numpy(), x[features.INPUT_MASK].numpy()
+        width = ids.shape[1]
+        longest = mask.sum(axis=1).max()
+        # Trimmed to the longest row rounded up to 8, never cutting a token.
+        assert width == min(seq, -(-longest // 8) * 8)
+        widths.add(width)
+        for row, label in zip(range(len(y)), y.numpy()):
+            n = lengths[label]
+            assert mask[row].sum() == n  # every real token is still there
+            expected = label * 1000 + np.arange(1, n + 1)
+            np.testing.assert_array_equal(ids[row, :n], expected)
+            assert not ids[row, n:].any()
+        seen.extend(y.numpy().tolist())
+    assert sorted(seen) == list(range(len(lengths)))  # each row exactly once
+    assert widths <= set(range(8, seq + 1, 8))
+    if group_batches > 1:
+        # Grouping is what saves the padding: batches are far narrower than
+        # with plain batching of the same rows.
+        plain = [
+            min(seq, -(-lengths[i : i + batch].max() // 8) * 8)
+            for i in range(0, len(lengths), batch)
+        ]
+        grouped = [x[features.INPUT_IDS].shape[1] for x, _ in batches]
+        assert np.mean(grouped) < 0.85 * np.mean(plain)
+
+
+def test_length_grouped_batches_order_depends_on_seed():
+    lengths = np.random.default_rng(0).integers(2, 33, size=256)
+
+    def first_labels(seed):
+        ds = _padded_rows(lengths, 32)
+        return [
+            y.numpy().tolist()
+            for _, y in text_data.length_grouped_batches(ds, 8, seed=seed)
+        ]
+
+    assert first_labels(1) == first_labels(1)
+    assert first_labels(1) != first_labels(2)
+
+
 # === Runs ===
 def test_finetune_from_scratch_two_seeds(tmp_path, sst_files, vocab_file, capsys):
     model_dir = tmp_path / "ft"
@@ -120,6 +190,9 @@ def test_finetune_from_scratch_two_seeds(tmp_path, sst_files, vocab_file, capsys
     cfg = load_resolved(str(model_dir))
     assert cfg.finetune.labels == ("0", "1")
     assert cfg.export.label_names == ("negative", "positive")
+    # "auto" is resolved and recorded: what this machine trained in.
+    assert cfg.finetune.precision == finetune.resolve_precision("auto", 16)
+    assert cfg.finetune.precision in ("float32", "mixed_bfloat16")
     assert cfg.model.vocabulary_size == len(open(vocab_file).read().split())
     dead = (model_dir / "dead_letter_train.jsonl").read_text().splitlines()
     assert [json.loads(d)["reason"] for d in dead] == ["missing-text"]
