@@ -6,6 +6,16 @@ new ones each step with tensorflow-text's `RandomItemSelector`,
 `MaskValuesChooser` and `mask_language_model`, using the data config's
 rates. `[CLS]`, `[SEP]` and `[PAD]` are never chosen; random replacements
 come from ordinary (non-bracketed) tokens unless `random_tokens="any"`.
+
+With `whole_word_mask` the choice follows the data job's whole-word rule
+(`pipelines.masking`, google-research/bert): a `##` piece belongs to the
+word before it, `round(length * masked_lm_prob)` tokens (capped at
+`max_predictions_per_seq`) are filled with whole words taken in random
+order, and a word that would overshoot is skipped. tensorflow-text's
+`mask_language_model` also masks whole words given `[batch, (words),
+(pieces)]`, but its rate and cap count words, not tokens, so a few long
+words could overflow the `max_predictions_per_seq` label slots; the
+choice is made here and only the 80/10/10 replacement is tensorflow-text's.
 """
 
 import tensorflow as tf
@@ -79,6 +89,9 @@ class DynamicMasker:
         mask_token_prob: float, chosen -> `[MASK]`.
         random_token_prob: float, chosen -> random token (rest kept).
         random_tokens: "ordinary" (non-bracketed tokens) or "any".
+        whole_word_mask: choose all pieces of a word together (see the
+            module docstring); specials (`[CLS]`, `[SEP]`, `[PAD]`,
+            `[UNK]`, `[MASK]`) are never chosen, as in the data job.
 
     Call with a batched feature dict (`[b, s]`/`[b, p]` tensors); returns
     the same dict with new `input_ids`, `masked_lm_positions`,
@@ -94,9 +107,17 @@ class DynamicMasker:
         mask_token_prob=0.8,
         random_token_prob=0.1,
         random_tokens="ordinary",
+        whole_word_mask=False,
     ):
         special = features.special_token_ids(vocab)
         self.max_predictions_per_seq = max_predictions_per_seq
+        self.masked_lm_prob = masked_lm_prob
+        self.whole_word_mask = whole_word_mask
+        # Per-id lookups for the whole-word rule: bool [vocab_size].
+        self._never = tf.constant(
+            [i in set(special.values()) for i in range(len(vocab))]
+        )
+        self._continuation = tf.constant([t.startswith("##") for t in vocab])
         self.selector = tf_text.RandomItemSelector(
             max_selections_per_batch=max_predictions_per_seq,
             selection_rate=masked_lm_prob,
@@ -123,10 +144,13 @@ class DynamicMasker:
         ids = tf.cast(restore_original_ids(batch), tf.int64)
         seq_len = ids.shape[1] if ids.shape[1] is not None else tf.shape(ids)[1]
         lengths = tf.reduce_sum(tf.cast(batch[features.INPUT_MASK], tf.int64), 1)
-        ragged = tf.RaggedTensor.from_tensor(ids, lengths=lengths)
-        masked, positions, originals = tf_text.mask_language_model(
-            ragged, item_selector=self.selector, mask_values_chooser=self.chooser
-        )
+        if self.whole_word_mask:
+            masked, positions, originals = self._mask_whole_words(ids, lengths)
+        else:
+            ragged = tf.RaggedTensor.from_tensor(ids, lengths=lengths)
+            masked, positions, originals = tf_text.mask_language_model(
+                ragged, item_selector=self.selector, mask_values_chooser=self.chooser
+            )
         p = self.max_predictions_per_seq
         dtype = batch[features.INPUT_IDS].dtype
         batch[features.INPUT_IDS] = tf.cast(
@@ -147,3 +171,72 @@ class DynamicMasker:
             positions.row_lengths(), p, dtype=tf.float32
         )
         return batch
+
+    def _choose_whole_words(self, ids, lengths):
+        """bool `[b, s]`: the tokens chosen by the whole-word rule.
+
+        Args:
+            ids: int64 `[b, s]` original ids; lengths: int64 `[b]`.
+        """
+        seq = tf.shape(ids)[1]
+        position = tf.range(seq, dtype=tf.int64)[None, :]
+        selectable = (position < lengths[:, None]) & ~tf.gather(self._never, ids)
+        after_selectable = tf.pad(selectable[:, :-1], [[0, 0], [1, 0]])
+        # A `##` piece continues the word before it only if it touches it.
+        starts = selectable & ~(tf.gather(self._continuation, ids) & after_selectable)
+        word = tf.cumsum(tf.cast(starts, tf.int32), axis=1) - 1  # [b, s]
+        num_words = word[:, -1] + 1  # [b]
+        # Pieces per word, [b, s] (a row has at most s words).
+        word_length = tf.math.bincount(
+            tf.where(selectable, word, seq),
+            minlength=seq + 1,
+            axis=-1,
+            dtype=tf.int32,
+        )[:, :seq]
+        # A random order of each row's words (the others sort last).
+        has_word = tf.range(seq)[None, :] < num_words[:, None]
+        order = tf.argsort(
+            tf.where(has_word, tf.random.uniform(tf.shape(ids)), 2.0), axis=1
+        )
+        lengths_in_order = tf.gather(word_length, order, batch_dims=1)
+        target = tf.minimum(
+            self.max_predictions_per_seq,
+            tf.maximum(
+                1,
+                tf.cast(
+                    tf.round(tf.cast(lengths, tf.float32) * self.masked_lm_prob),
+                    tf.int32,
+                ),
+            ),
+        )
+
+        # Take words in that order while they fit; skip one that overshoots.
+        def take(used, length):
+            fits = (length > 0) & (used + length <= target)
+            return used + tf.where(fits, length, 0), fits
+
+        longest = tf.reduce_max(num_words)
+        _, taken = tf.scan(
+            lambda state, length: take(state[0], length),
+            tf.transpose(lengths_in_order[:, :longest]),
+            initializer=(tf.zeros_like(target), tf.zeros_like(target, tf.bool)),
+        )
+        taken = tf.pad(tf.transpose(taken), [[0, 0], [0, seq - longest]])
+        chosen_word = tf.gather(taken, tf.argsort(order, axis=1), batch_dims=1)
+        return selectable & tf.gather(chosen_word, tf.maximum(word, 0), batch_dims=1)
+
+    def _mask_whole_words(self, ids, lengths):
+        """(masked ids ragged `[b, (len)]`, positions, originals `[b, (n)]`)."""
+        chosen = self._choose_whole_words(ids, lengths)
+        grid = tf.broadcast_to(
+            tf.range(tf.shape(ids)[1], dtype=tf.int64)[None, :], tf.shape(ids)
+        )
+        positions = tf.ragged.boolean_mask(grid, chosen)  # ascending per row
+        originals = tf.ragged.boolean_mask(ids, chosen)
+        values = self.chooser.get_mask_values(originals)
+        masked = tf.tensor_scatter_nd_update(ids, tf.where(chosen), values.flat_values)
+        return (
+            tf.RaggedTensor.from_tensor(masked, lengths=lengths),
+            positions,
+            originals,
+        )

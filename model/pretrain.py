@@ -283,12 +283,6 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint=""):
 
     # === Input pipeline (one per worker/host) ===
     masker = None
-    if p.masking == "dynamic" and cfg.data.whole_word_mask:
-        print(
-            "note: --masking=dynamic masks wordpieces independently "
-            "(data.whole_word_mask applies to static masks only)",
-            flush=True,
-        )
     if p.masking == "dynamic":
         masker = DynamicMasker(
             vocab,
@@ -297,6 +291,7 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint=""):
             mask_token_prob=cfg.data.mask_token_prob,
             random_token_prob=cfg.data.random_token_prob,
             random_tokens=cfg.data.random_tokens,
+            whole_word_mask=cfg.data.whole_word_mask,
         )
 
     def dataset_fn(context):
