@@ -273,40 +273,42 @@ def finetune_in_parallel(args, arms) -> dict:
 
 
 def combine(out_dirs) -> None:
-    """One table over earlier runs (one per learning rate, say).
+    """One table over earlier runs (one per learning rate or train split).
 
-    Prints each run's arms and lift, then each arm at its own best run
-    (selected on dev, like the best epoch and TF-IDF's C).
+    Prints each run's arms and lift, then, per training split, each arm at
+    its own best run (selected on dev, like the best epoch and TF-IDF's C).
     """
     runs = []
     for out_dir in out_dirs:
         with open(os.path.join(out_dir, "results.json")) as f:
             runs.append(json.load(f))
-    print("| lr | epochs | seeds | pretrained | random init | lift |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| train | lr | epochs | seeds | TF-IDF | pretrained | random init | lift |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in runs:
         a, b = r["pretrained"], r["random"]
         print(
-            f"| {r['args']['learning_rate']:g} | {r['args']['epochs']} | "
-            f"{len(a['seeds'])} | {100 * a['accuracy_mean']:.1f} ± "
-            f"{100 * a['accuracy_std']:.1f} | {100 * b['accuracy_mean']:.1f} ± "
-            f"{100 * b['accuracy_std']:.1f} | "
+            f"| {os.path.basename(r['args']['train'])} ({a['num_train']}) | "
+            f"{r['args']['learning_rate']:g} | {r['args']['epochs']} | "
+            f"{len(a['seeds'])} | {100 * r['tfidf']['accuracy']:.1f} | "
+            f"{100 * a['accuracy_mean']:.1f} ± {100 * a['accuracy_std']:.1f} | "
+            f"{100 * b['accuracy_mean']:.1f} ± {100 * b['accuracy_std']:.1f} | "
             f"{100 * (a['accuracy_mean'] - b['accuracy_mean']):+.1f} |"
         )
-    best = {
-        arm: max(runs, key=lambda r: r[arm]["accuracy_mean"])
-        for arm in ("pretrained", "random")
-    }
-    tfidf = max(r["tfidf"]["accuracy"] for r in runs)
-    for arm, r in best.items():
+    for train in sorted({r["args"]["train"] for r in runs}):
+        same = [r for r in runs if r["args"]["train"] == train]
+        best = {
+            arm: max(same, key=lambda r: r[arm]["accuracy_mean"])
+            for arm in ("pretrained", "random")
+        }
+        lift = best["pretrained"]["pretrained"]["accuracy_mean"]
+        lift -= best["random"]["random"]["accuracy_mean"]
         print(
-            f"best {arm}: {100 * r[arm]['accuracy_mean']:.1f} at lr "
-            f"{r['args']['learning_rate']:g}"
+            f"{os.path.basename(train)}: each arm at its best setting: "
+            f"pretrained {100 * best['pretrained']['pretrained']['accuracy_mean']:.1f}"
+            f", random {100 * best['random']['random']['accuracy_mean']:.1f}, "
+            f"lift {100 * lift:+.1f} (target >= +3.0); TF-IDF "
+            f"{100 * max(r['tfidf']['accuracy'] for r in same):.1f}"
         )
-    lift = best["pretrained"]["pretrained"]["accuracy_mean"]
-    lift -= best["random"]["random"]["accuracy_mean"]
-    print(f"TF-IDF + LR (best C): {100 * tfidf:.1f}")
-    print(f"lift, each arm at its best lr: {100 * lift:+.1f} points (target >= +3.0)")
 
 
 def main(argv=None):
