@@ -20,7 +20,11 @@ run says so.
 Recipe (google-research/bert `run_classifier.py`): dropout + dense on the
 pooled `[CLS]` vector, AdamW with linear warm-up (`warmup_proportion` of
 the steps) and linear decay, no weight decay on LayerNorm and biases,
-gradient clipping at global norm 1. Each epoch is evaluated (accuracy and
+gradient clipping at global norm 1. Training runs in bf16 where the hardware
+has it (`finetune.precision: auto`; float32 weights) on batches of similar
+length trimmed to their longest row (`finetune.group_by_length`): 2.3x the
+float32 fixed-padding speed on SST-2 (`benchmarks/finetune_throughput.py`).
+Each epoch is evaluated (accuracy and
 macro-F1); the best epoch's weights are kept. `--seeds=N` repeats the run
 with seeds `seed..seed+N-1` (in `model_dir/seed_K/`) and reports mean ± std
 (USERS.md #8); the best run is copied to `model_dir`.
