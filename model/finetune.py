@@ -447,7 +447,11 @@ def train_one(
     run_dir,
     quiet=False,
 ):
-    """One fine-tuning run; returns its summary dict."""
+    """One fine-tuning run; returns its summary dict.
+
+    `cfg.finetune.precision` must already be a dtype policy name (`run`
+    resolves "auto" once and records it in `config.yaml`).
+    """
     import keras
     import tensorflow as tf
 
@@ -455,7 +459,7 @@ def train_one(
     from model.optimization import create_optimizer
 
     ft = cfg.finetune
-    precision = resolve_precision(ft.precision, cfg.model.hidden_dim)
+    precision = ft.precision  # resolved once, by `run`
     os.makedirs(run_dir, exist_ok=True)
     log = os.path.join(run_dir, METRICS_LOG_FILE)
     if os.path.exists(log):

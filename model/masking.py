@@ -114,9 +114,8 @@ class DynamicMasker:
         self.masked_lm_prob = masked_lm_prob
         self.whole_word_mask = whole_word_mask
         # Per-id lookups for the whole-word rule: bool [vocab_size].
-        self._never = tf.constant(
-            [i in set(special.values()) for i in range(len(vocab))]
-        )
+        never = set(special.values())
+        self._never = tf.constant([i in never for i in range(len(vocab))])
         self._continuation = tf.constant([t.startswith("##") for t in vocab])
         self.selector = tf_text.RandomItemSelector(
             max_selections_per_batch=max_predictions_per_seq,
