@@ -90,8 +90,8 @@ METADATA_FORMAT_VERSION = 1
 def read_vocab(path: str) -> list[str]:
     """Reads a one-token-per-line vocabulary; line i is id i.
 
-    Accepts local paths and any Beam/TF filesystem path (gs://) via
-    tf.io.gfile when TensorFlow is importable.
+    Accepts local paths and remote ones (gs://, via tf.io.gfile; see
+    `configs.fileio`).
     """
     data = _read_bytes(path)
     text = data.decode("utf-8")
@@ -123,10 +123,6 @@ def is_special_token(token: str) -> bool:
 
 
 def _read_bytes(path: str) -> bytes:
-    if "://" in path:
-        import tensorflow as tf  # only for remote filesystems
+    from configs import fileio  # TensorFlow only for remote paths
 
-        with tf.io.gfile.GFile(path, "rb") as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
+    return fileio.read_bytes(path)

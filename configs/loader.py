@@ -20,6 +20,7 @@ import typing
 
 import yaml
 
+from configs import fileio
 from configs.schema import ConfigError, ExperimentConfig
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -112,24 +113,19 @@ def config_to_dict(cfg: ExperimentConfig) -> dict:
 
 def dump_config(cfg: ExperimentConfig, directory: str) -> str:
     """Writes the resolved config as `directory/config.yaml`; returns its path."""
-    import tensorflow as tf  # gfile: local paths and gs:// alike
-
     path = os.path.join(directory, RESOLVED_CONFIG_FILE)
-    tf.io.gfile.makedirs(directory)
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    return path
+    fileio.makedirs(directory)
+    return fileio.write_atomic(
+        path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    )
 
 
 def load_resolved(directory: str) -> ExperimentConfig:
     """Reads back `directory/config.yaml` written by `dump_config`."""
-    import tensorflow as tf
-
     path = os.path.join(directory, RESOLVED_CONFIG_FILE)
-    if not tf.io.gfile.exists(path):
+    if not fileio.exists(path):
         raise ConfigError(f"no {RESOLVED_CONFIG_FILE} in {directory}")
-    with tf.io.gfile.GFile(path, "r") as f:
-        tree = yaml.safe_load(f.read())
+    tree = yaml.safe_load(fileio.read_text(path))
     return merge(ExperimentConfig(), tree, path).validate()
 
 

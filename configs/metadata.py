@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from configs import features
+from configs import features, fileio
 from configs.schema import ConfigError
 
 # Keys every pretraining metadata.json carries (DESIGN.md).
@@ -65,16 +65,13 @@ def metadata_path(data_dir: str) -> str:
 
 def read_metadata(data_dir: str) -> dict | None:
     """Returns the parsed `metadata.json` of `data_dir`, or None if absent."""
-    import tensorflow as tf  # gfile handles gs:// as well as local paths
-
     path = metadata_path(data_dir)
-    if not tf.io.gfile.exists(path):
+    if not fileio.exists(path):
         return None
-    with tf.io.gfile.GFile(path, "r") as f:
-        try:
-            meta = json.loads(f.read())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    try:
+        meta = json.loads(fileio.read_text(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from None
     if meta.get("format_version") != features.METADATA_FORMAT_VERSION:
         raise ConfigError(
             f"{path}: format_version {meta.get('format_version')!r} is not "
@@ -84,13 +81,13 @@ def read_metadata(data_dir: str) -> dict | None:
 
 
 def write_metadata(data_dir: str, meta: dict) -> str:
-    """Writes `meta` as `data_dir/metadata.json` (sorted keys, indented)."""
-    import tensorflow as tf
+    """Writes `meta` as `data_dir/metadata.json` (sorted keys, indented).
 
+    Atomically (temporary name, then rename): the file is the commit
+    marker of a data job's output, so it is never seen half written.
+    """
     path = metadata_path(data_dir)
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return path
+    return fileio.write_atomic(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def check_compatible(

@@ -1,0 +1,152 @@
+"""One file-I/O helper for `configs/` and `model/`: local or remote paths.
+
+Local paths go through the standard library, so a process that never
+touches a remote path never imports TensorFlow (the JAX trainer runs on
+machines without it). Paths with a scheme (`gs://`, `s3://`, TensorFlow's
+in-memory `ram://`, ...) go through `tf.io.gfile`, imported only then.
+`pipelines/` uses Beam's `FileSystems` instead and does not use this.
+
+Writes that must never be seen half done (`write_atomic`) go to a
+temporary name beside the target and are renamed over it: a killed
+process leaves the old file or the new one, never a cut one.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import os
+import shutil
+import uuid
+
+
+def is_remote(path: str) -> bool:
+    """True for `scheme://...` paths (handled by tf.io.gfile)."""
+    return "://" in str(path)
+
+
+def _gfile():
+    import tensorflow as tf  # only for remote filesystems
+
+    return tf.io.gfile
+
+
+def join(*parts: str) -> str:
+    """`os.path.join` that keeps `scheme://` prefixes intact."""
+    return os.path.join(*[str(p) for p in parts])
+
+
+def exists(path: str) -> bool:
+    if is_remote(path):
+        return _gfile().exists(path)
+    return os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+    if is_remote(path):
+        return _gfile().isdir(path)
+    return os.path.isdir(path)
+
+
+def isfile(path: str) -> bool:
+    """True for an existing path that is not a directory."""
+    return exists(path) and not isdir(path)
+
+
+def listdir(path: str) -> list[str]:
+    """Entry names (not paths) of a directory, sorted."""
+    if is_remote(path):
+        return sorted(n.rstrip("/") for n in _gfile().listdir(path))
+    return sorted(os.listdir(path))
+
+
+def glob(pattern: str) -> list[str]:
+    """Paths matching `pattern`, sorted."""
+    if is_remote(pattern):
+        return sorted(_gfile().glob(pattern))
+    return sorted(_glob.glob(pattern))
+
+
+def makedirs(path: str) -> None:
+    """Creates `path` and its parents; a no-op if it is a directory.
+
+    Raises:
+        NotADirectoryError: `path` (or a parent) exists and is a file.
+    """
+    if isfile(path):
+        raise NotADirectoryError(f"{path} is a file, not a directory")
+    if is_remote(path):
+        _gfile().makedirs(path)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def open_file(path: str, mode: str = "r"):
+    """A file object for `path` (text modes read/write UTF-8)."""
+    if is_remote(path):
+        return _gfile().GFile(path, mode)
+    if "b" in mode:
+        return open(path, mode)
+    return open(path, mode, encoding="utf-8")
+
+
+def read_bytes(path: str) -> bytes:
+    with open_file(path, "rb") as f:
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def write_atomic(path: str, data: bytes | str) -> str:
+    """Writes `data` to `path` via a temporary name + rename; returns path."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    parent = os.path.dirname(str(path))
+    if parent:
+        makedirs(parent)
+    temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open_file(temp, "wb") as f:
+        f.write(data)
+    rename(temp, path, overwrite=True)
+    return path
+
+
+def rename(source: str, target: str, overwrite: bool = False) -> None:
+    if is_remote(source) or is_remote(target):
+        _gfile().rename(source, target, overwrite=overwrite)
+        return
+    if not overwrite and os.path.exists(target):
+        raise FileExistsError(f"{target} exists")
+    os.replace(source, target)
+
+
+def copy(source: str, target: str, overwrite: bool = False) -> None:
+    if is_remote(source) or is_remote(target):
+        _gfile().copy(source, target, overwrite=overwrite)
+        return
+    if not overwrite and os.path.exists(target):
+        raise FileExistsError(f"{target} exists")
+    shutil.copyfile(source, target)
+
+
+def remove(path: str) -> None:
+    """Deletes a file, or a directory tree; a no-op if absent."""
+    if not exists(path):
+        return
+    if is_remote(path):
+        if _gfile().isdir(path):
+            _gfile().rmtree(path)
+        else:
+            _gfile().remove(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
+def same_path(a: str, b: str) -> bool:
+    """True when `a` and `b` name the same file (local paths normalised)."""
+    if is_remote(a) or is_remote(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.abspath(a) == os.path.abspath(b)
