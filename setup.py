@@ -14,7 +14,9 @@ REQUIRED = [
     "pyyaml>=6.0",
     "matplotlib>=3.7",
 ]
-DEV = ["pytest>=8", "black>=24"]
+# jax[cpu] tests the JAX backend of `model.pretrain` (it installs beside
+# the pinned TensorFlow/Keras).
+DEV = ["pytest>=8", "black>=24", "jax[cpu]==0.10.2"]
 
 setuptools.setup(
     name="bert-beam-keras",
