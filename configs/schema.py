@@ -113,7 +113,10 @@ class PretrainConfig:
     tpu: str = ""  # TPU address / name for --strategy=tpu
     shuffle_buffer: int = 10000  # records
     seed: int = 0  # model init, shuffling, dynamic masks
-    steps_per_loop: int = 1  # train steps per tf.function call
+    steps_per_loop: int = 1  # train steps per compiled call (tf.function / jit)
+    backend: str = "auto"  # auto | tensorflow | jax; resolved from KERAS_BACKEND
+    budget_minutes: float = 0.0  # >0: size steps + schedule to this wall budget
+    warmup_fraction: float = 0.0  # >0: warm-up = this fraction of the steps
 
     def validate(self) -> None:
         _check(self.steps >= 1, "steps must be at least 1")
@@ -135,6 +138,12 @@ class PretrainConfig:
         _check(self.save_every >= 1, "save_every must be at least 1")
         _check(self.log_every >= 1, "log_every must be at least 1")
         _check(self.steps_per_loop >= 1, "steps_per_loop must be >= 1")
+        _check(
+            self.backend in ("auto", "tensorflow", "jax"),
+            "backend: auto|tensorflow|jax (set KERAS_BACKEND to choose)",
+        )
+        _check(self.budget_minutes >= 0, "budget_minutes must be >= 0")
+        _check(0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -195,7 +195,10 @@ def run(fn, *tensors, fused, **static):
         fused: bool. False runs `fn` as plain ops.
         **static: hashable Python values (floats, dtype names, callables).
     """
-    if not fused or _in_xla_function():
+    # Kernels are chosen by the configured backend: only TensorFlow's
+    # per-op execution gains from compiling these pieces (JAX jits the whole
+    # step, and must not touch TensorFlow even where it is installed).
+    if not fused or keras.backend.backend() != "tensorflow" or _in_xla_function():
         return fn(*tensors, **static)
     key = (fn, tuple(sorted(static.items())))
     compiled = _COMPILED.get(key)

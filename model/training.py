@@ -1,4 +1,8 @@
-"""Loop pieces shared by pretraining and fine-tuning (TensorFlow).
+"""Loop pieces shared by pretraining and fine-tuning.
+
+TensorFlow is imported only inside the TF-only pieces (`apply_gradients`,
+`CheckpointState`, the TensorBoard writer), so the JAX trainer can use the
+rest on a machine without TensorFlow.
 
 - `choose_fast_path`: the one place that picks precision and XLA per size
   and device when the config says `auto`.
@@ -17,7 +21,8 @@ import sys
 import time
 
 import keras
-import tensorflow as tf
+
+from configs import fileio
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
@@ -96,6 +101,8 @@ def apply_gradients(optimizer, loss, tape, variables, clipnorm, num_replicas):
 
     Returns the global gradient norm (before clipping).
     """
+    import tensorflow as tf
+
     scale = None
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         # Seeding backprop with the scale == differentiating loss * scale,
@@ -154,6 +161,8 @@ class CheckpointState:
     """
 
     def __init__(self, model_dir, *, model, optimizer, keep, is_chief=True):
+        import tensorflow as tf
+
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.checkpoint = tf.train.Checkpoint(
             model=model, optimizer=optimizer, step=self.step
@@ -168,6 +177,8 @@ class CheckpointState:
         )
 
     def restore(self):
+        import tensorflow as tf
+
         latest = tf.train.latest_checkpoint(self.directory)
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
@@ -177,7 +188,7 @@ class CheckpointState:
         self.step.assign(step)
         path = self.manager.save(checkpoint_number=step)
         if not self.is_chief:
-            tf.io.gfile.rmtree(self.manager.directory)
+            fileio.remove(self.manager.directory)
         return path
 
 
@@ -185,34 +196,43 @@ class MetricsLogger:
     """Appends to `model_dir/metrics.jsonl` and writes TensorBoard scalars.
 
     On resume, lines past the restored step (logged after the last save of
-    the killed run) are dropped so each step appears once.
+    the killed run) are dropped so each step appears once. TensorBoard
+    event files are written on the TensorFlow backend (`tensorboard=True`);
+    the JAX trainer imports no TensorFlow and logs `metrics.jsonl` only.
     """
 
-    def __init__(self, model_dir, *, is_chief=True, resume_step=0):
+    def __init__(self, model_dir, *, is_chief=True, resume_step=0, tensorboard=True):
         self.enabled = is_chief
-        self.path = os.path.join(model_dir, METRICS_FILE)
+        self.path = fileio.join(model_dir, METRICS_FILE)
+        self.writer = None
         if not self.enabled:
             return
-        tf.io.gfile.makedirs(model_dir)
-        if tf.io.gfile.exists(self.path):
+        fileio.makedirs(model_dir)
+        if fileio.exists(self.path):
             kept = [
                 line
                 for line in read_metrics(self.path)
                 if line.get("step", 0) <= resume_step
             ]
-            with tf.io.gfile.GFile(self.path, "w") as f:
-                f.write("".join(json.dumps(line) + "\n" for line in kept))
-        self.writer = tf.summary.create_file_writer(
-            os.path.join(model_dir, TENSORBOARD_SUBDIR, "train")
-        )
+            fileio.write_atomic(
+                self.path, "".join(json.dumps(line) + "\n" for line in kept)
+            )
+        if tensorboard:
+            import tensorflow as tf
+
+            self.writer = tf.summary.create_file_writer(
+                fileio.join(model_dir, TENSORBOARD_SUBDIR, "train")
+            )
 
     def log(self, step, values):
         if not self.enabled:
             return
         record = {"step": int(step)}
         record.update({k: float(v) for k, v in values.items()})
-        with tf.io.gfile.GFile(self.path, "a") as f:
+        with fileio.open_file(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.writer is None:
+            return
         with self.writer.as_default(step=int(step)):
             for key, value in values.items():
                 write_scalar(key, float(value), int(step))
@@ -226,6 +246,7 @@ def write_scalar(tag, value, step):
     scalar tensor) through the core `tf.summary.write` op, so logging
     works where only TensorFlow is installed.
     """
+    import tensorflow as tf
     from tensorflow.core.framework import summary_pb2
 
     metadata = summary_pb2.SummaryMetadata(
@@ -241,8 +262,9 @@ def write_scalar(tag, value, step):
 
 def read_metrics(path):
     """The records of a `metrics.jsonl` file (list of dicts)."""
-    with tf.io.gfile.GFile(path, "r") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [
+        json.loads(line) for line in fileio.read_text(path).splitlines() if line.strip()
+    ]
 
 
 class ProgressPrinter:
@@ -306,7 +328,7 @@ def plot_metrics(metrics_path, png_path, keys=None):
         if group:
             ax.legend()
     fig.tight_layout()
-    with tf.io.gfile.GFile(png_path, "wb") as f:
+    with fileio.open_file(png_path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return png_path
