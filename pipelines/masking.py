@@ -1,24 +1,20 @@
 """Masked-LM predictions: `create_masked_lm_predictions` + `MaskTokens`.
 
-google-research/bert's rule: choose
-`min(max_predictions_per_seq, max(1, round(len(tokens) * masked_lm_prob)))`
-positions uniformly among the maskable ones (whole words together with
-`whole_word_mask`), then replace each chosen token with `[MASK]` (80%), a
-random token (10%) or keep it (10%). Positions come back sorted, with the
-original ids, so the record keeps everything needed to re-mask later.
+The rule (which ids are never chosen, the token budget, whole-word
+grouping, 80/10/10) is `configs/masking_rule.py`'s, the one the trainer's
+dynamic masking follows too; this module builds its lookup tables there.
+In short: choose `min(max_predictions_per_seq, max(1, round(len(tokens) *
+masked_lm_prob)))` positions uniformly among the selectable ones (whole
+words together with `whole_word_mask`; bracketed tokens such as `[CLS]`,
+`[SEP]`, `[UNK]`, `[MASK]`, `[unused3]` are never chosen), then replace
+each chosen token with `[MASK]` (80%), a random ordinary token (10%) or
+keep it (10%). Positions come back sorted, with the original ids, so the
+record keeps everything needed to re-mask later.
 
 `create_masked_lm_predictions` (one instance, `random.Random`) is the
 reference; `create_masked_lm_predictions_batch` applies the same rule to a
 padded `[n, L]` array with one numpy Generator, which is what `MaskTokens`
 runs (whole-word masking goes through the reference per instance).
-
-Differences from google-research/bert, both deliberate (USERS.md #9):
-* No special token is ever chosen: `[CLS]`, `[SEP]`, `[PAD]`, `[MASK]` and
-  `[UNK]` (predicting `[UNK]` teaches nothing). bert excluded only
-  `[CLS]`/`[SEP]`.
-* Random replacements are drawn from ordinary tokens (not `[PAD]`, `[CLS]`,
-  `[SEP]`, `[MASK]`, `[UNK]`, `[unused*]`) unless `random_tokens="any"`
-  asks for bert's draw over the whole vocabulary.
 """
 
 from __future__ import annotations
@@ -30,7 +26,7 @@ import numpy as np
 
 import apache_beam as beam
 
-from configs import features
+from configs import features, masking_rule
 from pipelines import text
 
 # === Counters (namespace MaskTokens) ===
@@ -40,7 +36,7 @@ TOKENS_TO_MASK = "tokens-replaced-by-mask"
 TOKENS_TO_RANDOM = "tokens-replaced-by-random-token"
 TOKENS_KEPT = "tokens-kept-unchanged"
 
-RANDOM_TOKENS = ("ordinary", "any")
+RANDOM_TOKENS = masking_rule.RANDOM_TOKENS
 CounterFn = Callable[[str, int], None]
 
 
@@ -58,45 +54,34 @@ class MaskedLmPredictions(NamedTuple):
 
 
 class MaskingVocab(NamedTuple):
-    """What masking needs to know about a vocabulary, computed once.
+    """The rule's tables (`configs.masking_rule.masking_vocab`) plus the
+    Python views the per-instance path reads (a set and lists index faster
+    than numpy arrays one element at a time).
 
-    mask_id: id of `[MASK]`; never_mask: ids never chosen (specials);
-    random_ids: ids random replacements are drawn from; continuation: for
-    each id, whether it is a `##` word piece (for whole-word masking).
+    mask_id: id of `[MASK]`; never_mask: ids never chosen; random_ids: ids
+    random replacements are drawn from; continuation: for each id, whether
+    it is a `##` word piece (for whole-word masking); never_mask_table:
+    bool `[vocab_size]`; random_ids_array: int32, for the batch path.
     """
 
     mask_id: int
     never_mask: frozenset
     random_ids: Sequence[int]
     continuation: Sequence[bool]
-    never_mask_array: np.ndarray  # the same ids, for the batch path
+    never_mask_table: np.ndarray
     random_ids_array: np.ndarray
 
 
 def masking_vocab(vocab: list[str], random_tokens: str = "ordinary") -> MaskingVocab:
     """Builds `MaskingVocab`; special tokens are looked up by name."""
-    if random_tokens not in RANDOM_TOKENS:
-        raise ValueError(f"random_tokens must be one of {RANDOM_TOKENS}")
-    ids = features.special_token_ids(vocab)
-    never_mask = frozenset(ids.values())
-    if random_tokens == "any":
-        random_ids = range(len(vocab))
-    else:
-        random_ids = [
-            i
-            for i, tok in enumerate(vocab)
-            if not features.is_special_token(tok) and i not in never_mask
-        ]
-        if not random_ids:
-            raise ValueError("vocabulary has no ordinary tokens to draw from")
-    continuation = [tok.startswith("##") for tok in vocab]
+    tables = masking_rule.masking_vocab(vocab, random_tokens)
     return MaskingVocab(
-        ids[features.MASK],
-        never_mask,
-        random_ids,
-        continuation,
-        np.array(sorted(never_mask), np.int64),
-        np.asarray(random_ids, np.int32),
+        tables.mask_id,
+        frozenset(np.flatnonzero(tables.never_chosen).tolist()),
+        tables.random_ids.tolist(),
+        tables.continuation.tolist(),
+        tables.never_chosen,
+        tables.random_ids,
     )
 
 
@@ -126,8 +111,8 @@ def create_masked_lm_predictions(
             the chosen tokens are kept).
         counter_inc_fn: `fn(name, value)` for replacement counts.
     """
-    num_to_predict = min(
-        max_predictions_per_seq, max(1, int(round(len(tokens) * masked_lm_prob)))
+    num_to_predict = masking_rule.budget(
+        len(tokens), masked_lm_prob, max_predictions_per_seq
     )
     never = vocab.never_mask
     if whole_word_mask:
@@ -209,12 +194,9 @@ def create_masked_lm_predictions_batch(
     n, width = ids.shape
     pred = max_predictions_per_seq
     columns = np.arange(width)
-    maskable = columns < lengths[:, None]
-    for special in vocab.never_mask_array.tolist():  # a handful: cheaper than isin
-        maskable &= ids != special
-    # round() half to even, as Python's round() in the per-instance rule.
-    wanted = np.maximum(1, np.rint(lengths * masked_lm_prob).astype(np.int64))
-    num_masked = np.minimum(np.minimum(wanted, pred), maskable.sum(axis=1))
+    maskable = (columns < lengths[:, None]) & ~vocab.never_mask_table[ids]
+    budgets = masking_rule.budget_table(width, masked_lm_prob, pred)
+    num_masked = np.minimum(budgets[lengths], maskable.sum(axis=1))
     # A uniform random subset: the smallest random keys among maskable slots.
     keys = rng.random((n, width))
     keys[~maskable] = 2.0
