@@ -14,6 +14,20 @@ from model.heads import MaskedLMHead, SentencePredictionHead
 
 MLM_LOGITS = "mlm_logits"
 SENTENCE_LOGITS = "sentence_logits"
+# The pretrainer's inputs, and the metrics every training loop reports.
+INPUT_KEYS = (
+    features.INPUT_IDS,
+    features.INPUT_MASK,
+    features.SEGMENT_IDS,
+    features.MASKED_LM_POSITIONS,
+)
+METRIC_KEYS = (
+    "loss",
+    "mlm_loss",
+    "sentence_loss",
+    "mlm_accuracy",
+    "sentence_accuracy",
+)
 
 
 @keras.saving.register_keras_serializable(package="bert")

@@ -22,21 +22,8 @@ import re
 import keras
 import numpy as np
 
-from configs import features, fileio
-
-INPUT_KEYS = (
-    features.INPUT_IDS,
-    features.INPUT_MASK,
-    features.SEGMENT_IDS,
-    features.MASKED_LM_POSITIONS,
-)
-METRIC_KEYS = (
-    "loss",
-    "mlm_loss",
-    "sentence_loss",
-    "mlm_accuracy",
-    "sentence_accuracy",
-)
+from configs import fileio
+from model.bert_pretrainer import INPUT_KEYS, METRIC_KEYS
 
 # What each `--strategy` name means under JAX (also in `--help`).
 STRATEGY_MEANING = {

@@ -4,18 +4,25 @@
         --data=DIR --model_dir=DIR [--steps=N --batch_size=N ...] \
         [--set section.key=value ...]
 
-Top to bottom (nanoGPT's shape): resolve the config (defaults -> YAML ->
-flags -> `--set`); check the records' `metadata.json` against it and stop
-with one line on a mismatch, before building anything; pick the strategy,
-precision and XLA; build the model and optimizer in `strategy.scope()`;
-resume from the latest checkpoint in `model_dir`; run a `tf.function` train
-step under `strategy.run` (works under every strategy, unlike `fit` with
-MultiWorkerMirroredStrategy, keras-team/keras#20585); log, checkpoint, and
-at the end write `encoder.weights.h5` for `model.finetune` and a PNG plot.
+Either Keras backend, one entry point (`KERAS_BACKEND=jax python -m
+model.pretrain ...` for JAX; TensorFlow otherwise). Top to bottom
+(nanoGPT's shape): resolve the config (defaults -> YAML -> flags ->
+`--set`) and record the backend; check the records' `metadata.json`
+against it and stop with one line on a mismatch, before building
+anything; build the backend's step (TensorFlow: the `tf.distribute`
+strategy, precision and XLA, model and optimizer in `strategy.scope()`, a
+`tf.function` step under `strategy.run`, which works under every strategy,
+unlike `fit` with MultiWorkerMirroredStrategy, keras-team/keras#20585;
+JAX: `keras.distribution`, a jitted `stateless_call` step with masks drawn
+on the device, and no TensorFlow imported); resume from the latest
+checkpoint in `model_dir`; run one loop that logs, checkpoints and keeps
+the wall-clock budget; at the end write `encoder.weights.h5` for
+`model.finetune` and a PNG plot.
 
-Outputs in `model_dir`: `config.yaml` (resolved), `checkpoints/`,
-`metrics.jsonl`, `logs/train` (TensorBoard), `metrics.png`,
-`encoder.weights.h5`.
+Outputs in `model_dir` (both backends): `config.yaml` (resolved, with the
+backend), `checkpoints/`, `metrics.jsonl`, `metrics.png`,
+`encoder.weights.h5`, `vocab.txt`; `logs/train` (TensorBoard) on
+TensorFlow.
 """
 
 import argparse
@@ -26,10 +33,13 @@ import sys
 import tempfile
 import time
 
-from configs import features
+from configs import features, fileio
 from configs.loader import dump_config, load_config
 from configs.metadata import check_compatible, read_metadata
 from configs.schema import ConfigError, PretrainConfig
+from model import training
+from model.bert_backbone import ENCODER_WEIGHTS_FILE, BertBackbone
+from model.bert_pretrainer import INPUT_KEYS, METRIC_KEYS, BertPretrainer
 
 # Flags that are shorthands for `--set pretrain.<name>=<value>`.
 PRETRAIN_FLAGS = (
@@ -47,6 +57,19 @@ PRETRAIN_FLAGS = (
     "masking",
     "seed",
     "optimizer",
+    "budget_minutes",
+)
+
+# `--strategy` on each backend (the JAX column is model.jax_training's).
+STRATEGY_HELP = (
+    "TensorFlow: default = no distribution, one_device = first GPU else "
+    "CPU, mirrored = MirroredStrategy over local GPUs (logical CPUs "
+    "without), multi_worker = MultiWorkerMirroredStrategy from TF_CONFIG, "
+    "tpu = TPUStrategy. JAX (KERAS_BACKEND=jax): default/one_device = one "
+    "device, mirrored = keras.distribution.DataParallel over all local "
+    "devices, multi_worker = keras.distribution.initialize() from the "
+    "KERAS_DISTRIBUTION_* environment then DataParallel over all devices, "
+    "tpu = DataParallel over the TPU devices."
 )
 
 
@@ -77,7 +100,12 @@ def parse_args(argv):
         metavar="SECTION.KEY=VALUE",
     )
     for name in PRETRAIN_FLAGS:
-        parser.add_argument(f"--{name}", default=None)
+        helps = {
+            "strategy": STRATEGY_HELP,
+            "budget_minutes": "wall-clock budget: time real steps, then size "
+            "steps, warm-up and decay to end within it",
+        }
+        parser.add_argument(f"--{name}", default=None, help=helps.get(name))
     return parser.parse_args(argv)
 
 
@@ -180,10 +208,8 @@ def _copy_vocab(cfg, model_dir):
     A pretraining run then carries everything fine-tuning and export need:
     weights, config and the exact vocabulary its embedding rows index.
     """
-    import tensorflow as tf
-
     source = cfg.data.vocab_file
-    if not source or not tf.io.gfile.exists(source):
+    if not source or not fileio.exists(source):
         return
     if len(features.read_vocab(source)) != cfg.model.vocabulary_size:
         print(
@@ -192,205 +218,134 @@ def _copy_vocab(cfg, model_dir):
             flush=True,
         )
         return
-    target = os.path.join(model_dir, "vocab.txt")
-    if os.path.abspath(source) != os.path.abspath(target):
-        tf.io.gfile.copy(source, target, overwrite=True)
+    target = fileio.join(model_dir, "vocab.txt")
+    if not fileio.same_path(source, target):
+        fileio.copy(source, target, overwrite=True)
 
 
 def run(argv=None):
     args = parse_args(argv)
     try:
         cfg = resolve_config(args)
+        cfg = resolve_backend(cfg)
+        _check_model_dir(args.model_dir)
         cfg, files, meta, vocab = check_data(cfg, args.data)
-    except (ConfigError, ValueError) as e:
+    except (ConfigError, ValueError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
     return train(cfg, files, args.model_dir, vocab, args.init_checkpoint)
 
 
-def train(cfg, files, model_dir, vocab=None, init_checkpoint=""):
-    """Pretrains per `cfg` on record `files`; returns the last metrics dict."""
+def resolve_backend(cfg):
+    """Records the Keras backend this process runs in `pretrain.backend`.
+
+    The backend is fixed when Keras is imported (`KERAS_BACKEND`), so a
+    config that asks for another one stops here with the variable to set.
+    """
     import keras
-    import tensorflow as tf
 
-    from model import data as data_lib
-    from model import training
-    from model.bert_backbone import ENCODER_WEIGHTS_FILE, BertBackbone
-    from model.bert_pretrainer import (
-        BertPretrainer,
-        combine_loss_terms,
-        pretraining_loss_terms,
-    )
-    from model.masking import DynamicMasker
-    from model.optimization import create_optimizer
-    from model.strategy import create_strategy, device_kind, is_chief
+    running = keras.backend.backend()
+    if running not in ("tensorflow", "jax"):
+        raise ConfigError(
+            f"Keras runs on {running!r}: set KERAS_BACKEND=tensorflow or jax"
+        )
+    wanted = cfg.pretrain.backend
+    if wanted not in ("auto", running):
+        raise ConfigError(
+            f"pretrain.backend is {wanted} but Keras runs on {running}: "
+            f"set KERAS_BACKEND={wanted}"
+        )
+    if running == "jax" and cfg.pretrain.precision == "mixed_float16":
+        raise ConfigError(
+            "precision mixed_float16 (loss scaling) is TensorFlow-only here; "
+            "use mixed_bfloat16 under JAX"
+        )
+    return cfg.replace(pretrain=dataclasses.replace(cfg.pretrain, backend=running))
 
+
+def _check_model_dir(model_dir):
+    if fileio.isfile(model_dir):
+        raise ConfigError(f"--model_dir {model_dir} is a file, not a directory")
+
+
+def train(cfg, files, model_dir, vocab=None, init_checkpoint=""):
+    """Pretrains per `cfg` on record `files`; returns the last metrics dict.
+
+    One loop for both backends: the backend only supplies the compiled
+    step (`_TensorFlowSteps` / `_JaxSteps`: build, restore, run `k` steps,
+    save, finish); logging, checkpoint cadence, the wall-clock budget and
+    the final outputs are the same code.
+    """
+    started = time.time()
+    cfg = resolve_backend(cfg)
     p = cfg.pretrain
-
-    # === Strategy, precision, XLA ===
-    strategy = create_strategy(p.strategy, p.tpu)
-    replicas = strategy.num_replicas_in_sync
-    chief = is_chief(strategy)
-    precision, jit = training.choose_fast_path(
-        p.precision, p.jit_compile, cfg.model.hidden_dim, device_kind(), replicas
-    )
-    cfg = cfg.replace(
-        pretrain=dataclasses.replace(
-            p, precision=precision, jit_compile=str(jit).lower()
-        )
-    )
-    if p.batch_size % replicas:
-        raise SystemExit(
-            f"error: batch_size {p.batch_size} is not divisible by "
-            f"{replicas} replicas"
-        )
-    if chief:
-        dump_config(cfg, model_dir)
-        _copy_vocab(cfg, model_dir)
-    keras.utils.set_random_seed(p.seed)
-
-    # === Model, optimizer, checkpoint (in the strategy's scope) ===
-    with strategy.scope():
-        backbone = BertBackbone.from_model_config(cfg.model, dtype=precision)
-        pretrainer = BertPretrainer(backbone)
-        optimizer = create_optimizer(
-            learning_rate=p.learning_rate,
-            total_steps=p.steps,
-            warmup_steps=p.warmup_steps,
-            weight_decay=p.weight_decay,
-            optimizer=p.optimizer,
-            beta_1=p.beta_1,
-            beta_2=p.beta_2,
-            epsilon=p.epsilon,
-        )
-        if precision == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        optimizer.build(pretrainer.trainable_variables)
-        state = training.CheckpointState(
-            model_dir,
-            model=pretrainer,
-            optimizer=optimizer,
-            keep=p.keep_checkpoints,
-            is_chief=chief,
-        )
-    start_step, latest = state.restore()
+    steps_cls = _JaxSteps if p.backend == "jax" else _TensorFlowSteps
+    runner = steps_cls(cfg, files, model_dir, vocab)
+    cfg = runner.cfg  # with precision / XLA resolved
+    p = cfg.pretrain
+    start_step, latest = runner.restore()
     if latest:
         print(f"resuming from {latest} at step {start_step}", flush=True)
     elif init_checkpoint:
-        _load_init_checkpoint(init_checkpoint, backbone, pretrainer)
+        _load_init_checkpoint(init_checkpoint, runner.backbone, runner.pretrainer)
+        runner.reload_state()
         print(f"initialized from {init_checkpoint}", flush=True)
-    if start_step >= p.steps:
-        print(f"already at step {start_step} >= steps {p.steps}", flush=True)
-
-    # === Input pipeline (one per worker/host) ===
-    masker = None
-    if p.masking == "dynamic":
-        masker = DynamicMasker(
-            vocab,
-            max_predictions_per_seq=cfg.data.max_predictions_per_seq,
-            masked_lm_prob=cfg.data.masked_lm_prob,
-            mask_token_prob=cfg.data.mask_token_prob,
-            random_token_prob=cfg.data.random_token_prob,
-            random_tokens=cfg.data.random_tokens,
-            whole_word_mask=cfg.data.whole_word_mask,
-        )
-
-    def dataset_fn(context):
-        return data_lib.pretraining_dataset(
-            files,
-            batch_size=context.get_per_replica_batch_size(p.batch_size),
-            max_seq_length=cfg.data.max_seq_length,
-            max_predictions_per_seq=cfg.data.max_predictions_per_seq,
-            input_context=context,
-            shuffle_buffer=p.shuffle_buffer,
-            # A resumed run continues with a fresh order, not a replay.
-            seed=p.seed + start_step,
-            masker=masker,
-        )
-
-    dataset = strategy.distribute_datasets_from_function(dataset_fn)
-    iterator = iter(dataset)
-
-    # === Train step: strategy.run + global-batch loss ===
-    input_keys = (
-        features.INPUT_IDS,
-        features.INPUT_MASK,
-        features.SEGMENT_IDS,
-        features.MASKED_LM_POSITIONS,
-    )
-    variables = pretrainer.trainable_variables
-
-    def replica_step(batch):
-        with tf.GradientTape() as tape:
-            outputs = pretrainer({k: batch[k] for k in input_keys}, training=True)
-            terms = pretraining_loss_terms(batch, outputs)
-            sums = {k: tf.reduce_sum(v) for k, v in terms.items()}
-            total_weight = sums["mlm_weight"]
-            if replicas > 1:
-                total_weight = tf.distribute.get_replica_context().all_reduce(
-                    tf.distribute.ReduceOp.SUM, total_weight
-                )
-            # This replica's share: shares sum to the global-batch loss.
-            losses = combine_loss_terms(sums, total_weight, p.batch_size)
-        training.apply_gradients(
-            optimizer, losses["loss"], tape, variables, p.clipnorm, replicas
-        )
-        return losses
-
-    if jit:
-        replica_step = tf.function(replica_step, jit_compile=True)
-
-    metric_keys = ("loss", "mlm_loss", "sentence_loss", "mlm_accuracy")
-    metric_keys += ("sentence_accuracy",)
-
-    @tf.function
-    def train_loop(iterator, num_steps):
-        # `num_steps` steps in one call (steps_per_loop); the replica step
-        # is traced once. Returns the last step's global metrics.
-        values = {k: tf.constant(0.0) for k in metric_keys}
-        for _ in tf.range(num_steps):
-            shares = strategy.run(replica_step, args=(next(iterator),))
-            values = {
-                k: strategy.reduce(tf.distribute.ReduceOp.SUM, shares[k], axis=None)
-                for k in metric_keys
-            }
-        return values
+    total_steps, warmup_steps = p.steps, _warmup_steps(p, p.steps)
+    budgeted = p.budget_minutes > 0
+    if budgeted and start_step > 0:
+        # A resumed budget run keeps the schedule its first part fixed.
+        total_steps, warmup_steps = _recorded_schedule(model_dir, p)
+        budgeted = False
+    runner.reschedule(total_steps, warmup_steps)
+    if runner.chief:
+        dump_config(_with_schedule(cfg, total_steps, warmup_steps), model_dir)
+        _copy_vocab(cfg, model_dir)
+    if start_step >= total_steps:
+        print(f"already at step {start_step} >= steps {total_steps}", flush=True)
+    runner.start_input(start_step)
 
     # === Loop: log, checkpoint, progress ===
-    logger = training.MetricsLogger(model_dir, is_chief=chief, resume_step=start_step)
-    progress = training.ProgressPrinter(p.steps, start_step, enabled=chief)
-    inner = (
-        optimizer.inner_optimizer
-        if hasattr(optimizer, "inner_optimizer")
-        else optimizer
+    logger = training.MetricsLogger(
+        model_dir,
+        is_chief=runner.chief,
+        resume_step=start_step,
+        tensorboard=p.backend == "tensorflow",
     )
+    progress = training.ProgressPrinter(total_steps, start_step, enabled=runner.chief)
     step, last_saved, values = start_step, start_step, {}
     window_start, window_steps = time.time(), 0
     first_call_seconds = None
-    while step < p.steps:
+    probe = None  # (start time, start step) of the budget probe
+    while step < total_steps:
         num = min(
             p.steps_per_loop,
-            p.steps - step,
+            total_steps - step,
             p.log_every - step % p.log_every,
             p.save_every - step % p.save_every,
         )
-        out = train_loop(iterator, tf.constant(num, tf.int32))
+        out = runner.run(step, num)
         step += num
         window_steps += num
         if first_call_seconds is None:
             # The first call traces (and compiles) the step: time it apart
             # so that `examples_per_second` measures training only. One
             # host sync, here only; later calls run ahead until a log step.
-            out["loss"].numpy()
+            runner.wait(out)
             first_call_seconds = time.time() - window_start
             window_start, window_steps = time.time(), 0
-        if step % p.log_every == 0 or step == p.steps:
-            values = {k: float(v) for k, v in out.items()}
-            elapsed = time.time() - window_start
-            values["learning_rate"] = float(
-                inner.learning_rate(inner.iterations - 1)
-                if callable(inner.learning_rate)
-                else inner.learning_rate
+            probe = (time.time(), step)
+        if budgeted and _probe_done(probe, p, runner, out):
+            total_steps, warmup_steps = _fit_budget(
+                p, started, probe, step, first_call_seconds
             )
+            runner.reschedule(total_steps, warmup_steps)
+            progress.total_steps = total_steps
+            if runner.chief:
+                dump_config(_with_schedule(cfg, total_steps, warmup_steps), model_dir)
+            budgeted = False
+        if step % p.log_every == 0 or step >= total_steps:
+            values = {k: float(v) for k, v in runner.metrics(out).items()}
+            elapsed = time.time() - window_start
+            values["learning_rate"] = runner.learning_rate(step - 1)
             if window_steps:
                 values["examples_per_second"] = window_steps * p.batch_size / elapsed
             else:
@@ -400,49 +355,426 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint=""):
             logger.log(step, values)
             progress.update(step, values)
             window_start, window_steps = time.time(), 0
-        if step % p.save_every == 0 or step == p.steps:
-            state.save(step)
+        if step % p.save_every == 0 or step >= total_steps:
+            runner.save(step)
             last_saved = step
     if last_saved != step:
-        state.save(step)
+        runner.save(step)
 
     # === Final outputs for model.finetune ===
-    if chief:
-        _save_weights(backbone, os.path.join(model_dir, ENCODER_WEIGHTS_FILE))
-        metrics_path = os.path.join(model_dir, training.METRICS_FILE)
-        if tf.io.gfile.exists(metrics_path):
+    if runner.chief:
+        runner.finish()
+        _save_weights(runner.backbone, fileio.join(model_dir, ENCODER_WEIGHTS_FILE))
+        metrics_path = fileio.join(model_dir, training.METRICS_FILE)
+        if fileio.exists(metrics_path):
             training.plot_metrics(
-                metrics_path, os.path.join(model_dir, training.PLOT_FILE)
+                metrics_path, fileio.join(model_dir, training.PLOT_FILE)
             )
     return values
 
 
+# === Wall-clock budget (`pretrain.budget_minutes`) ===
+# As budget-pretraining recipes do: time real steps, then fix the step
+# count that fits and size warm-up and decay to it. The step is compiled
+# again once with the final schedule; that compile is paid from the budget
+# (reserved as the first call's time).
+_PROBE_MIN_SECONDS = 5.0
+
+
+def _warmup_steps(p, total_steps):
+    if p.warmup_fraction > 0:
+        return max(1, int(round(p.warmup_fraction * total_steps)))
+    return p.warmup_steps
+
+
+def _probe_done(probe, p, runner, out):
+    if probe is None:
+        return False
+    budget = p.budget_minutes * 60
+    if time.time() - probe[0] < max(_PROBE_MIN_SECONDS, 0.02 * budget):
+        return False
+    runner.wait(out)  # measure finished steps, not queued ones
+    return True
+
+
+def _fit_budget(p, started, probe, step, compile_seconds):
+    """(total_steps, warmup_steps) that end within the budget."""
+    seconds_per_step = (time.time() - probe[0]) / max(step - probe[1], 1)
+    # Reserve: one more compile, the final save, and 3% slack.
+    left = p.budget_minutes * 60 - (time.time() - started)
+    left = left * 0.97 - compile_seconds - 10.0
+    total = step + max(int(left / seconds_per_step), 0)
+    warmup = _warmup_steps(p, total)
+    if p.warmup_fraction == 0:
+        warmup = min(warmup, max(total // 10, 1))
+    print(
+        f"budget {p.budget_minutes:g} min: {1 / seconds_per_step:.2f} steps/s "
+        f"measured -> {total} steps, warm-up {warmup}",
+        flush=True,
+    )
+    return total, warmup
+
+
+def _with_schedule(cfg, total_steps, warmup_steps):
+    return cfg.replace(
+        pretrain=dataclasses.replace(
+            cfg.pretrain, steps=total_steps, warmup_steps=warmup_steps
+        )
+    )
+
+
+def _recorded_schedule(model_dir, p):
+    from configs.loader import load_resolved
+
+    try:
+        recorded = load_resolved(model_dir).pretrain
+    except ConfigError:
+        return p.steps, _warmup_steps(p, p.steps)
+    return recorded.steps, recorded.warmup_steps
+
+
+# === Backends: the compiled step and its state ===
+class _TensorFlowSteps:
+    """`tf.distribute` strategy, `strategy.run` step in a `tf.function`,
+    `tf.train.CheckpointManager` checkpoints, tf.data input."""
+
+    def __init__(self, cfg, files, model_dir, vocab):
+        import keras
+
+        from model.optimization import create_optimizer
+        from model.strategy import create_strategy, device_kind, is_chief
+
+        p = cfg.pretrain
+        self.files, self.model_dir, self.vocab = files, model_dir, vocab
+        self.strategy = create_strategy(p.strategy, p.tpu)
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.chief = is_chief(self.strategy)
+        precision, self.jit = training.choose_fast_path(
+            p.precision,
+            p.jit_compile,
+            cfg.model.hidden_dim,
+            device_kind(),
+            self.replicas,
+        )
+        self.cfg = cfg = cfg.replace(
+            pretrain=dataclasses.replace(
+                p, precision=precision, jit_compile=str(self.jit).lower()
+            )
+        )
+        if p.batch_size % self.replicas:
+            raise SystemExit(
+                f"error: batch_size {p.batch_size} is not divisible by "
+                f"{self.replicas} replicas"
+            )
+        keras.utils.set_random_seed(p.seed)
+        with self.strategy.scope():
+            self.backbone = BertBackbone.from_model_config(cfg.model, dtype=precision)
+            self.pretrainer = BertPretrainer(self.backbone)
+            self.optimizer = create_optimizer(
+                learning_rate=p.learning_rate,
+                total_steps=p.steps,
+                warmup_steps=p.warmup_steps,
+                weight_decay=p.weight_decay,
+                optimizer=p.optimizer,
+                beta_1=p.beta_1,
+                beta_2=p.beta_2,
+                epsilon=p.epsilon,
+            )
+            if precision == "mixed_float16":
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
+            self.optimizer.build(self.pretrainer.trainable_variables)
+            self.state = training.CheckpointState(
+                model_dir,
+                model=self.pretrainer,
+                optimizer=self.optimizer,
+                keep=p.keep_checkpoints,
+                is_chief=self.chief,
+            )
+        self.inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+
+    def restore(self):
+        return self.state.restore()
+
+    def reload_state(self):
+        pass  # variables were loaded in place
+
+    def reschedule(self, total_steps, warmup_steps):
+        """Sets the schedule and (re)builds the compiled loop for it."""
+        schedule = self.inner.learning_rate
+        if hasattr(schedule, "total_steps"):
+            schedule.total_steps = int(total_steps)
+            schedule.warmup_steps = int(warmup_steps)
+        self.train_loop = self._build_loop()
+
+    def start_input(self, start_step):
+        import tensorflow as tf
+
+        from model import data as data_lib
+
+        cfg, p = self.cfg, self.cfg.pretrain
+        masker = _masker(cfg, self.vocab)
+
+        def dataset_fn(context):
+            return data_lib.pretraining_dataset(
+                self.files,
+                batch_size=context.get_per_replica_batch_size(p.batch_size),
+                max_seq_length=cfg.data.max_seq_length,
+                max_predictions_per_seq=cfg.data.max_predictions_per_seq,
+                input_context=context,
+                shuffle_buffer=p.shuffle_buffer,
+                # A resumed run continues with a fresh order, not a replay.
+                seed=p.seed + start_step,
+                masker=masker,
+            )
+
+        dataset = self.strategy.distribute_datasets_from_function(dataset_fn)
+        self.iterator = iter(dataset)
+        self._tf = tf
+
+    def _build_loop(self):
+        import tensorflow as tf
+
+        from model.bert_pretrainer import combine_loss_terms, pretraining_loss_terms
+
+        p, strategy, replicas = self.cfg.pretrain, self.strategy, self.replicas
+        pretrainer, optimizer = self.pretrainer, self.optimizer
+        variables = pretrainer.trainable_variables
+
+        def replica_step(batch):
+            with tf.GradientTape() as tape:
+                outputs = pretrainer({k: batch[k] for k in INPUT_KEYS}, training=True)
+                terms = pretraining_loss_terms(batch, outputs)
+                sums = {k: tf.reduce_sum(v) for k, v in terms.items()}
+                total_weight = sums["mlm_weight"]
+                if replicas > 1:
+                    total_weight = tf.distribute.get_replica_context().all_reduce(
+                        tf.distribute.ReduceOp.SUM, total_weight
+                    )
+                # This replica's share: shares sum to the global-batch loss.
+                losses = combine_loss_terms(sums, total_weight, p.batch_size)
+            training.apply_gradients(
+                optimizer, losses["loss"], tape, variables, p.clipnorm, replicas
+            )
+            return losses
+
+        if self.jit:
+            replica_step = tf.function(replica_step, jit_compile=True)
+
+        @tf.function
+        def train_loop(iterator, num_steps):
+            # `num_steps` steps in one call (steps_per_loop); the replica
+            # step is traced once. Returns the last step's global metrics.
+            values = {k: tf.constant(0.0) for k in METRIC_KEYS}
+            for _ in tf.range(num_steps):
+                shares = strategy.run(replica_step, args=(next(iterator),))
+                values = {
+                    k: strategy.reduce(tf.distribute.ReduceOp.SUM, shares[k], axis=None)
+                    for k in METRIC_KEYS
+                }
+            return values
+
+        return train_loop
+
+    def run(self, step, num):
+        return self.train_loop(self.iterator, self._tf.constant(num, self._tf.int32))
+
+    def wait(self, out):
+        out["loss"].numpy()
+
+    def metrics(self, out):
+        return {k: float(v) for k, v in out.items()}
+
+    def learning_rate(self, step):
+        inner = self.inner
+        if callable(inner.learning_rate):
+            return float(inner.learning_rate(inner.iterations - 1))
+        return float(inner.learning_rate)
+
+    def save(self, step):
+        self.state.save(step)
+
+    def finish(self):
+        pass
+
+
+class _JaxSteps:
+    """`keras.distribution` data parallelism, one jitted call of `k` steps
+    (`lax.scan`, donated state, masks drawn on the device), `.npz`
+    checkpoints, the TF-free numpy record reader. Imports no TensorFlow."""
+
+    def __init__(self, cfg, files, model_dir, vocab):
+        import keras
+
+        from model import jax_training
+        from model.optimization import create_optimizer
+
+        p = cfg.pretrain
+        self.files, self.model_dir, self.vocab = files, model_dir, vocab
+        self.jt = jax_training
+        self.distribution = jax_training.create_distribution(p.strategy)
+        self.process_index, self.process_count = jax_training.process_index_and_count()
+        self.chief = self.process_index == 0
+        device = jax_training.device_kind()
+        precision = p.precision
+        if precision == "auto":
+            # XLA's CPU backend has no fast bf16 dots: float32 there.
+            precision = "mixed_bfloat16" if device in ("gpu", "tpu") else "float32"
+        self.cfg = cfg = cfg.replace(
+            pretrain=dataclasses.replace(p, precision=precision, jit_compile="true")
+        )
+        if p.batch_size % self.process_count:
+            raise SystemExit(
+                f"error: batch_size {p.batch_size} is not divisible by "
+                f"{self.process_count} processes"
+            )
+        replicas = (
+            self.distribution.device_mesh.devices.size if self.distribution else 1
+        )
+        if p.batch_size % replicas:
+            raise SystemExit(
+                f"error: batch_size {p.batch_size} is not divisible by "
+                f"{replicas} devices"
+            )
+        keras.utils.set_random_seed(p.seed)
+        if self.distribution is not None:
+            keras.distribution.set_distribution(self.distribution)
+        self.backbone = BertBackbone.from_model_config(cfg.model, dtype=precision)
+        self.pretrainer = BertPretrainer(self.backbone)
+        # The schedule is set by `reschedule` (budget runs size it late).
+        self.optimizer = create_optimizer(
+            learning_rate=p.learning_rate,
+            total_steps=p.steps,
+            warmup_steps=p.warmup_steps,
+            weight_decay=p.weight_decay,
+            optimizer=p.optimizer,
+            beta_1=p.beta_1,
+            beta_2=p.beta_2,
+            epsilon=p.epsilon,
+            global_clipnorm=p.clipnorm if p.clipnorm > 0 else None,
+        )
+        self.optimizer.build(self.pretrainer.trainable_variables)
+        self.checkpoints = jax_training.CheckpointFiles(
+            model_dir,
+            model=self.pretrainer,
+            optimizer=self.optimizer,
+            keep=p.keep_checkpoints,
+            is_chief=self.chief,
+        )
+        self.masker = _masker(cfg, vocab)
+        self.state = None
+
+    def restore(self):
+        step, path = self.checkpoints.restore()
+        self.reload_state()
+        return step, path
+
+    def reload_state(self):
+        self.state = self.jt.initial_state(self.pretrainer, self.optimizer)
+
+    def reschedule(self, total_steps, warmup_steps):
+        schedule = self.optimizer.learning_rate
+        if hasattr(schedule, "total_steps"):
+            schedule.total_steps = int(total_steps)
+            schedule.warmup_steps = int(warmup_steps)
+        # The schedule's numbers are constants of the traced step: jit anew.
+        self.train_call = self.jt.make_train_call(
+            self.pretrainer,
+            self.optimizer,
+            masker=self.masker,
+            seed=self.cfg.pretrain.seed,
+        )
+
+    def start_input(self, start_step):
+        from model import data as data_lib
+
+        cfg, p = self.cfg, self.cfg.pretrain
+        self.batches = data_lib.numpy_pretraining_batches(
+            self.files,
+            batch_size=p.batch_size // self.process_count,
+            max_seq_length=cfg.data.max_seq_length,
+            max_predictions_per_seq=cfg.data.max_predictions_per_seq,
+            # A resumed run continues with a fresh order, not a replay.
+            seed=p.seed + start_step,
+            process_index=self.process_index,
+            process_count=self.process_count,
+            shuffle_buffer=p.shuffle_buffer,
+        )
+
+    def run(self, step, num):
+        import numpy as np
+
+        host = [next(self.batches) for _ in range(num)]
+        stacked = {k: np.stack([b[k] for b in host]) for k in host[0]}
+        batches = self.jt.shard_batches(stacked, self.distribution)
+        steps = np.arange(step, step + num, dtype=np.int32)
+        self.state, out = self.train_call(self.state, batches, steps)
+        return out
+
+    def wait(self, out):
+        out.block_until_ready()
+
+    def metrics(self, out):
+        import numpy as np
+
+        return dict(zip(self.jt.METRIC_KEYS, np.asarray(out).tolist()))
+
+    def learning_rate(self, step):
+        schedule = self.optimizer.learning_rate
+        if callable(schedule):
+            return float(schedule(step))
+        return float(schedule)
+
+    def save(self, step):
+        self.checkpoints.save(step, self.state)
+
+    def finish(self):
+        # Final weights back into the Keras variables (for save_weights).
+        self.jt.assign_state(self.pretrainer, self.optimizer, self.state)
+
+
+def _masker(cfg, vocab):
+    if cfg.pretrain.masking != "dynamic":
+        return None
+    from model.masking import DynamicMasker
+
+    d = cfg.data
+    return DynamicMasker(
+        vocab,
+        max_predictions_per_seq=d.max_predictions_per_seq,
+        masked_lm_prob=d.masked_lm_prob,
+        mask_token_prob=d.mask_token_prob,
+        random_token_prob=d.random_token_prob,
+        random_tokens=d.random_tokens,
+        whole_word_mask=d.whole_word_mask,
+    )
+
+
 def _load_init_checkpoint(path, backbone, pretrainer):
     from model import checkpoint_conversion
-    from model.bert_backbone import ENCODER_WEIGHTS_FILE
 
+    weights = fileio.join(path, ENCODER_WEIGHTS_FILE)
+    if fileio.exists(weights):
+        from model.bert_backbone import _local_copy
+
+        backbone.load_weights(_local_copy(weights))
+        return
     if checkpoint_conversion.is_google_checkpoint(path):
         checkpoint_conversion.load_google_checkpoint(backbone, path, pretrainer)
         return
-    weights = os.path.join(path, ENCODER_WEIGHTS_FILE)
-    if not os.path.exists(weights):
-        raise SystemExit(
-            f"error: --init_checkpoint {path} is neither a model_dir with "
-            f"{ENCODER_WEIGHTS_FILE} nor a Google BERT checkpoint"
-        )
-    backbone.load_weights(weights)
+    raise SystemExit(
+        f"error: --init_checkpoint {path} is neither a model_dir with "
+        f"{ENCODER_WEIGHTS_FILE} nor a Google BERT checkpoint"
+    )
 
 
 def _save_weights(model, path):
-    """`save_weights` writes local h5 files; copy through gfile for gs://."""
-    if "://" not in path:
+    """`save_weights` writes local h5 files; copy through fileio for gs://."""
+    if not fileio.is_remote(path):
         model.save_weights(path)
         return
-    import tensorflow as tf
-
     local = os.path.join(tempfile.mkdtemp(), os.path.basename(path))
     model.save_weights(local)
-    tf.io.gfile.copy(local, path, overwrite=True)
+    fileio.copy(local, path, overwrite=True)
 
 
 def main():
