@@ -15,20 +15,20 @@ the reason). Ids are packed by `configs.tokenization`, the same code the
 fine-tuning reader and the exported SavedModel run, so a sentence gets the
 same ids here as in serving.
 
-Bad rows never stop the job: undecodable bytes, a wrong column count,
-unparseable JSON, a missing text or label, and a label outside `--labels`
-are counted (Beam metrics, namespace `ParseLabelledRows`) and written to
-the dead-letter file. A file without one usable row is an error.
+Bad rows do not stop the job one by one: undecodable bytes, a wrong column
+count, unparseable JSON, a missing text or label, and a label outside
+`--labels` are counted (Beam metrics, namespace `ParseLabelledRows`) and
+written to the dead-letter file. But a file without one usable row, or with
+more than `--max_bad_fraction` (default 10%) bad rows, fails the job with
+one line and no `metadata.json`: such a file is the wrong file, or read
+with the wrong settings. Bad flags stop with one line (exit 2) before any
+work (`pipelines.options.main`).
 Every flag this job does not know goes to Beam's `PipelineOptions`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
-import os
-import sys
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -50,6 +50,7 @@ from configs.labelled_text import (  # noqa: F401 (re-exported reasons)
     split_line,
 )
 from configs.schema import ConfigError
+from pipelines import options
 from pipelines.options import unknown_beam_flags
 
 SHARD_PREFIX = "classification"
@@ -303,68 +304,124 @@ class TokenizeLabelledRows(beam.PTransform):
 
 
 # === Entry point ===
+DEFAULT_MAX_BAD_FRACTION = 0.1
+
+
 def _parse_flags(argv):
-    parser = argparse.ArgumentParser(
+    parser = options.Parser(
         prog="python -m pipelines.classification_data",
-        allow_abbrev=False,
         description="Labelled TSV/CSV/JSONL -> classification TFRecords.",
     )
-    parser.add_argument("--input", required=True, help="file or glob")
-    parser.add_argument("--vocab", required=True, help="WordPiece vocab.txt")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--text_column", default="sentence")
-    parser.add_argument("--text_b_column", default="", help="for pair tasks")
-    parser.add_argument("--label_column", default="label")
-    parser.add_argument(
-        "--labels", default="", help="comma-separated label values; empty = learn"
-    )
-    parser.add_argument("--max_seq_length", type=int, default=128)
-    parser.add_argument(
+    add = parser.add_argument
+    add("--input", required=True, help="file or glob")
+    add("--vocab", required=True, help="WordPiece vocab.txt")
+    add("--output_dir", required=True)
+    add("--text_column", default="sentence")
+    add("--text_b_column", default="", help="for pair tasks")
+    add("--label_column", default="label")
+    add("--labels", default="", help="comma-separated label values; empty = learn")
+    add("--max_seq_length", type=int, default=128)
+    add(
         "--do_lower_case",
-        type=_bool_flag,
+        type=options.parse_bool,
+        nargs="?",
+        const=True,
         default=True,
         help="true for uncased vocabularies (default true)",
     )
-    parser.add_argument(
-        "--num_shards", type=int, default=0, help="0 = let the runner decide"
+    add("--num_shards", type=int, default=0, help="0 = let the runner decide")
+    add(
+        "--max_bad_fraction",
+        type=float,
+        default=DEFAULT_MAX_BAD_FRACTION,
+        help="fail when more than this fraction of rows is bad (default "
+        f"{DEFAULT_MAX_BAD_FRACTION}); 1 accepts any number",
     )
-    parser.add_argument("--overwrite", action="store_true")
+    add("--overwrite", type=options.parse_bool, nargs="?", const=True, default=False)
     return parser.parse_known_args(argv)
 
 
-def _bool_flag(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "y"):
-        return True
-    if lowered in ("0", "false", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
+def _check_readable_to_end(path: str) -> None:
+    """A compressed input must decompress to its end: Beam's text reader
+    stops silently at a cut, losing the rest of the file without a count."""
+    import bz2
+    import gzip
+    import zlib
+
+    from apache_beam.io.filesystem import CompressionTypes
+
+    kind = CompressionTypes.detect_compression_type(path)
+    if kind not in (CompressionTypes.GZIP, CompressionTypes.BZIP2):
+        return
+    opener = gzip.GzipFile if kind == CompressionTypes.GZIP else bz2.BZ2File
+    try:
+        with FileSystems.open(
+            path, compression_type=CompressionTypes.UNCOMPRESSED
+        ) as raw, opener(fileobj=raw, mode="rb") as f:
+            while f.read(1 << 20):
+                pass
+    except (EOFError, OSError, zlib.error) as e:
+        raise options.UsageError(
+            f"input {path} cannot be read to its end, truncated or corrupt? ({e})"
+        ) from None
 
 
 def _check_flags(args) -> tuple[str, list[str], list[str]]:
-    """Validates flags before any work; returns (format, files, header)."""
+    """Validates flags before any work; returns (format, files, header).
+
+    Raises:
+        options.UsageError: one line naming the first problem.
+    """
     try:
         files = [m.path for m in FileSystems.match([args.input])[0].metadata_list]
     except Exception:
         files = []
     if not files:
-        raise ConfigError(f"--input {args.input!r} matches no file")
-    fmt = detect_format(files[0])
-    vocab = features.read_vocab(args.vocab) if os.path.exists(args.vocab) else None
-    if vocab is None and "://" not in args.vocab:
-        raise ConfigError(f"--vocab {args.vocab} does not exist")
-    features.special_token_ids(vocab or features.read_vocab(args.vocab))
+        raise options.UsageError(f"--input {args.input!r} matches no file")
     if args.max_seq_length < 8:
-        raise ConfigError("--max_seq_length must be at least 8")
+        raise options.UsageError("--max_seq_length must be at least 8")
     if args.num_shards < 0:
-        raise ConfigError("--num_shards must be >= 0")
-    columns = read_header(files[0], fmt) if fmt != "jsonl" else []
-    existing = FileSystems.match([os.path.join(args.output_dir, "*")])[0]
-    if existing.metadata_list and not args.overwrite:
-        raise ConfigError(
+        raise options.UsageError("--num_shards must be >= 0")
+    if not 0 <= args.max_bad_fraction <= 1:
+        raise options.UsageError(
+            f"--max_bad_fraction must be in [0, 1], got {args.max_bad_fraction}"
+        )
+    if not FileSystems.exists(args.vocab):
+        raise options.UsageError(f"--vocab {args.vocab} does not exist")
+    try:
+        features.special_token_ids(features.read_vocab(args.vocab))
+        fmt = detect_format(files[0])
+        columns = read_header(files[0], fmt) if fmt != "jsonl" else []
+    except UnicodeDecodeError:
+        raise options.UsageError(f"--vocab {args.vocab} is not UTF-8 text") from None
+    except (ConfigError, ValueError) as e:
+        raise options.UsageError(str(e)) from None
+    for path in files:
+        _check_readable_to_end(path)
+    options.check_output_dir(args.output_dir)
+    if not args.overwrite and options._non_empty(args.output_dir):
+        raise options.UsageError(
             f"--output_dir {args.output_dir} is not empty (pass --overwrite)"
         )
     return fmt, files, columns
+
+
+def _clear_outputs(output_dir: str) -> None:
+    """Removes a previous run's outputs, `metadata.json` (the commit marker)
+    first, so a run killed here never leaves old metadata over new shards."""
+    if not FileSystems.exists(output_dir):
+        FileSystems.mkdirs(output_dir)
+        return
+    paths = [
+        FileSystems.join(output_dir, name)
+        for name in (features.METADATA_FILE, DEAD_LETTER_FILE, _SUMMARY_PREFIX)
+    ]
+    stale = FileSystems.match(
+        [FileSystems.join(output_dir, f"{SHARD_PREFIX}*{SHARD_SUFFIX}")]
+    )[0].metadata_list
+    for path in paths + [m.path for m in stale]:
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
 
 
 def build_pipeline(p, args, fmt, columns):
@@ -394,7 +451,7 @@ def build_pipeline(p, args, fmt, columns):
         | "Serialize" >> beam.Map(_serialize_example)
         | "WriteRecords"
         >> beam.io.WriteToTFRecord(
-            os.path.join(out, SHARD_PREFIX),
+            FileSystems.join(out, SHARD_PREFIX),
             file_name_suffix=SHARD_SUFFIX,
             num_shards=args.num_shards,
         )
@@ -404,7 +461,7 @@ def build_pipeline(p, args, fmt, columns):
         | "FormatBad" >> beam.Map(lambda d: json.dumps(d, ensure_ascii=False))
         | "WriteDeadLetter"
         >> beam.io.WriteToText(
-            os.path.join(out, DEAD_LETTER_FILE), shard_name_template=""
+            FileSystems.join(out, DEAD_LETTER_FILE), shard_name_template=""
         )
     )
     # Per-label and per-reason counts, read back into metadata.json.
@@ -424,7 +481,7 @@ def build_pipeline(p, args, fmt, columns):
         )
         | "WriteSummary"
         >> beam.io.WriteToText(
-            os.path.join(out, _SUMMARY_PREFIX), shard_name_template=""
+            FileSystems.join(out, _SUMMARY_PREFIX), shard_name_template=""
         )
     )
 
@@ -433,24 +490,25 @@ def run(argv=None, save_main_session=True) -> dict:
     """Runs the job; returns the metadata dict it wrote.
 
     Raises:
-        ConfigError: bad flags (before any work) or no usable row.
+        options.UsageError: bad flags or paths (before any work).
+        options.JobFailed: no usable row, or more than `--max_bad_fraction`
+            of the rows are bad; no `metadata.json` is written then.
     """
     args, beam_args = _parse_flags(argv)
     # Beam only logs unknown flags; a typo must stop the job instead.
     unknown = unknown_beam_flags(beam_args)
     if unknown:
-        raise ConfigError(f"unknown flag(s): {' '.join(unknown)}")
+        raise options.UsageError(f"unknown flag(s): {' '.join(unknown)}")
     fmt, files, columns = _check_flags(args)
-    options = PipelineOptions(beam_args)
-    options.view_as(beam.options.pipeline_options.SetupOptions).save_main_session = (
-        save_main_session
-    )
-    if not FileSystems.exists(args.output_dir):
-        FileSystems.mkdirs(args.output_dir)
-    with beam.Pipeline(options=options) as p:
+    pipeline_options = PipelineOptions(beam_args)
+    pipeline_options.view_as(
+        beam.options.pipeline_options.SetupOptions
+    ).save_main_session = save_main_session
+    _clear_outputs(args.output_dir)
+    with beam.Pipeline(options=pipeline_options) as p:
         build_pipeline(p, args, fmt, columns)
 
-    summary_path = os.path.join(args.output_dir, _SUMMARY_PREFIX)
+    summary_path = FileSystems.join(args.output_dir, _SUMMARY_PREFIX)
     with FileSystems.open(summary_path) as f:
         summary = json.loads(f.read().decode("utf-8"))
     FileSystems.delete([summary_path])
@@ -462,8 +520,11 @@ def run(argv=None, save_main_session=True) -> dict:
         k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("bad:")
     }
     num_examples = sum(label_counts.values())
+    num_bad = sum(bad_rows.values())
+    dead_letter = FileSystems.join(args.output_dir, DEAD_LETTER_FILE)
+    _check_bad_rows(args, num_examples, bad_rows, dead_letter)
     shards = FileSystems.match(
-        [os.path.join(args.output_dir, f"{SHARD_PREFIX}*{SHARD_SUFFIX}")]
+        [FileSystems.join(args.output_dir, f"{SHARD_PREFIX}*{SHARD_SUFFIX}")]
     )[0].metadata_list
     meta = {
         "format_version": features.METADATA_FORMAT_VERSION,
@@ -483,31 +544,41 @@ def run(argv=None, save_main_session=True) -> dict:
         "inputs": files,
         "tool_version": metadata.tool_version(),
     }
-    metadata.write_metadata(args.output_dir, meta)
-    num_bad = sum(bad_rows.values())
+    metadata.write_metadata(args.output_dir, meta)  # last: the commit marker
     print(
         f"classification_data: {num_examples} examples in {len(shards)} shard(s), "
         f"labels {label_counts}; {num_bad} bad row(s)"
-        + (
-            f" {bad_rows} -> {os.path.join(args.output_dir, DEAD_LETTER_FILE)}"
-            if num_bad
-            else ""
-        )
+        + (f" {bad_rows} -> {dead_letter}" if num_bad else "")
     )
-    if num_examples == 0:
-        raise ConfigError(
-            f"{args.input}: no usable rows ({num_bad} bad, see "
-            f"{os.path.join(args.output_dir, DEAD_LETTER_FILE)})"
-        )
     return meta
 
 
+def _check_bad_rows(args, num_examples, bad_rows, dead_letter) -> None:
+    """Fails (no metadata.json) on no usable row or too many bad ones."""
+    num_bad = sum(bad_rows.values())
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(bad_rows.items()))
+    if num_examples == 0:
+        raise options.JobFailed(
+            f"{args.input}: no usable rows ({num_bad} bad: {reasons or 'none'}; "
+            f"see {dead_letter})" + _label_hint(args, bad_rows)
+        )
+    fraction = num_bad / (num_bad + num_examples)
+    if fraction > args.max_bad_fraction:
+        raise options.JobFailed(
+            f"{args.input}: {num_bad} of {num_bad + num_examples} rows are bad "
+            f"({fraction:.1%} > --max_bad_fraction={args.max_bad_fraction}; "
+            f"{reasons}; see {dead_letter})" + _label_hint(args, bad_rows)
+        )
+
+
+def _label_hint(args, bad_rows) -> str:
+    if bad_rows.get(BAD_UNKNOWN_LABEL) and args.labels:
+        return f"; labels outside --labels={args.labels}: fix --labels or the file"
+    return ""
+
+
 def main(argv=None):
-    logging.getLogger().setLevel(logging.WARNING)
-    try:
-        run(argv)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    options.main(run, argv)
 
 
 if __name__ == "__main__":

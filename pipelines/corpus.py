@@ -20,17 +20,24 @@ uncompressed.
 Bad input never fails the job; it is counted (namespace `ReadDocuments`):
 lines that are not valid UTF-8 are decoded with U+FFFD replacements, lines
 longer than `max_line_bytes` are dropped, unparseable JSONL records and
-records without the text field are skipped.
+records without the text field are skipped. A compressed file that is
+truncated or corrupt is the exception: it stops the job with one line
+naming the file (`pipelines.options.JobFailed`), since the rest of it
+would otherwise be lost without a count.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import json
+import lzma
+import zlib
 
 import apache_beam as beam
 from apache_beam.io import filebasedsource
-from apache_beam.io.filesystem import CompressedFile
+from apache_beam.io.filesystem import CompressedFile, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -127,6 +134,20 @@ class _RawAdapter(io.RawIOBase):
         return len(data)
 
 
+class _Closing(io.BufferedReader):
+    """A decompressing reader that also closes the raw stream under it."""
+
+    def __init__(self, reader, raw):
+        super().__init__(reader, buffer_size=1 << 20)
+        self._raw = raw
+
+    def close(self):
+        try:
+            super().close()
+        finally:
+            self._raw.close()
+
+
 class DocumentSource(filebasedsource.FileBasedSource):
     """Splittable source of `(doc_id, lines)` documents.
 
@@ -157,12 +178,40 @@ class DocumentSource(filebasedsource.FileBasedSource):
 
     def read_records(self, file_name, offset_range_tracker):
         reader = self._read_json if is_json_lines(file_name) else self._read_text
-        with self.open_file(file_name) as f:
-            if isinstance(f, CompressedFile):
-                # Read whole from the start (unsplittable); Beam's
-                # CompressedFile has no readline(limit), so buffer it.
-                f = io.BufferedReader(_RawAdapter(f), buffer_size=1 << 20)
-            yield from reader(file_name, f, offset_range_tracker)
+        try:
+            with self._open(file_name) as f:
+                yield from reader(file_name, f, offset_range_tracker)
+        except (EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+            # A cut or damaged compressed file: the rest of it would be lost
+            # without a trace, so the job stops and names the file.
+            from pipelines.options import input_error
+
+            raise input_error(
+                f"input {file_name} cannot be read to its end, truncated or "
+                f"corrupt? ({type(e).__name__}: {e})"
+            ) from None
+
+    def _open(self, file_name):
+        """A readable binary stream of `file_name`'s uncompressed bytes.
+
+        gzip and bzip2 (read whole from the start: unsplittable) go through
+        Python's `gzip`/`bz2`, which raise `EOFError` at a file cut short
+        and `OSError`/`zlib.error` at damage; Beam's `CompressedFile` stops
+        silently at the cut. Other compressions keep Beam's reader.
+        """
+        kind = CompressionTypes.detect_compression_type(file_name)
+        if kind in (CompressionTypes.GZIP, CompressionTypes.BZIP2):
+            raw = FileSystems.open(
+                file_name, compression_type=CompressionTypes.UNCOMPRESSED
+            )
+            opener = gzip.GzipFile if kind == CompressionTypes.GZIP else bz2.BZ2File
+            return _Closing(opener(fileobj=raw, mode="rb"), raw)
+        f = self.open_file(file_name)
+        if isinstance(f, CompressedFile):
+            # Read whole from the start (unsplittable); Beam's
+            # CompressedFile has no readline(limit), so buffer it.
+            return io.BufferedReader(_RawAdapter(f), buffer_size=1 << 20)
+        return f
 
     # === Line reading with positions ===
     def _lines(self, f, position):

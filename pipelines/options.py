@@ -6,12 +6,19 @@ Beam's `PipelineOptions` (`--runner`, `--direct_num_workers`, Dataflow's
 `--project`/`--region`/`--temp_location`/`--setup_file`, ...), as in Beam's
 wordcount. A flag neither we nor Beam know is an error, not a warning lost
 in the log. Every error is one line, `error: ...` on stderr, exit status 2.
+
+The three data jobs (`vocab`, `pretraining_data`, `classification_data`)
+report problems one way, through `main`: a bad flag or path is a
+`UsageError` (one line, exit 2, raised before any work); a job that ran but
+must not be trusted (it produced nothing, or an input was truncated or
+corrupt) is a `JobFailed` (one line, exit 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from configs import features
@@ -21,11 +28,72 @@ from pipelines import corpus, tfrecords
 DEFAULT_NUM_SHARDS = 16
 
 
-class UsageError(Exception):
-    """A bad flag or argument: reported as one line before any work."""
+class UsageError(ConfigError):
+    """A bad flag or argument: reported as one line before any work (exit 2).
+
+    A `ConfigError`, so callers that catch config problems catch it too.
+    """
 
 
-class _Parser(argparse.ArgumentParser):
+class JobFailed(Exception):
+    """The job ran but its output must not be used (exit 1): it produced
+    nothing, or an input was truncated or corrupt. One line, no traceback."""
+
+
+# Marks the first line of a `JobFailed` raised inside a pipeline, so `main`
+# finds it again in the exception a runner wraps it in.
+_FAILED_MARK = "[job-failed] "
+
+
+def input_error(message: str) -> JobFailed:
+    """A `JobFailed` to raise inside a DoFn/source; `main` reports its line."""
+    return JobFailed(_FAILED_MARK + message)
+
+
+def _failure_line(error: BaseException) -> str | None:
+    """The one line of a `JobFailed` raised in a worker, or None."""
+    for text in (str(error), repr(error)):
+        at = text.find(_FAILED_MARK)
+        if at >= 0:
+            line = text[at + len(_FAILED_MARK) :].splitlines()[0]
+            return line.split(" [while running", 1)[0].rstrip("\\'\" ")
+    return None
+
+
+def main(run, argv=None):
+    """Runs a data job's `run(argv)`; reports our errors as one line.
+
+    `UsageError` -> `error: ...` on stderr, exit 2. `JobFailed` (raised
+    here or inside the pipeline, however the runner wraps it) ->
+    `error: ...`, exit 1. Anything else is a bug and keeps its traceback.
+    """
+    import logging
+
+    # Beam's own INFO chatter stays hidden; our progress lines show.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("pipelines").setLevel(logging.INFO)
+    try:
+        return run(argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # a runner wraps worker errors in its own types
+        line = str(e) if isinstance(e, JobFailed) else _failure_line(e)
+        if line is None:
+            raise
+        print(f"error: {line.replace(_FAILED_MARK, '')}", file=sys.stderr)
+        sys.exit(1)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises `UsageError` (one line) instead of printing
+    usage and exiting; `allow_abbrev` is off, so a misspelt flag never
+    silently matches one of ours."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(**kwargs)
+
     def error(self, message):  # one line, not usage + error
         raise UsageError(message)
 
@@ -57,7 +125,7 @@ class PretrainingDataSettings:
 
 def build_parser() -> argparse.ArgumentParser:
     d = DataConfig()
-    p = _Parser(
+    p = Parser(
         prog="python -m pipelines.pretraining_data",
         description="Raw text -> google-research/bert pretraining TFRecords.",
         allow_abbrev=False,  # a typo must not silently match one of our flags
@@ -165,6 +233,7 @@ def parse(argv: list[str] | None):
     except ValueError as e:
         raise UsageError(str(e)) from None
 
+    check_output_dir(args.output_dir)
     if not args.overwrite and _non_empty(args.output_dir):
         raise UsageError(
             f"output_dir {args.output_dir} is not empty (pass --overwrite to "
@@ -201,9 +270,53 @@ def _check_runner(pipeline_options) -> None:
         raise UsageError(str(e).splitlines()[0]) from None
 
 
-def _non_empty(directory: str) -> bool:
+def is_file(path: str) -> bool:
+    """True when `path` exists and is a file, on any Beam filesystem (object
+    stores have no directories: an object at exactly `path` is a file)."""
     from apache_beam.io.filesystems import FileSystems
 
+    if "://" not in path:
+        return os.path.isfile(path)
+    try:
+        matched = FileSystems.match([path])[0].metadata_list
+    except Exception:  # nothing there
+        return False
+    return any(m.path.rstrip("/") == path.rstrip("/") for m in matched)
+
+
+def check_output_dir(path: str) -> None:
+    """Raises `UsageError` unless `path` can be (or is) an output directory.
+
+    Checked before any work: a file in its place, a file among its local
+    parents, or a local parent that is not writable.
+    """
+    if not path:
+        raise UsageError("output_dir must not be empty")
+    if is_file(path):
+        raise UsageError(f"output_dir {path} is a file, not a directory")
+    if "://" in path:
+        return
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"output_dir {path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"output_dir {path}: {parent} is not writable")
+
+
+def _non_empty(directory: str) -> bool:
+    """True when `directory` holds anything but our temporary pieces (those
+    of interrupted runs are ours by name and every run clears them).
+
+    Local directories are listed with `os`: Beam's local match skips
+    dot-files and directories."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if "://" not in directory:
+        return os.path.isdir(directory) and any(
+            not name.startswith(tfrecords.TEMP_PREFIX) for name in os.listdir(directory)
+        )
     if not FileSystems.exists(directory):
         return False
     pattern = FileSystems.join(directory, "*")

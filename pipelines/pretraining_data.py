@@ -18,14 +18,17 @@ Every random choice derives from (--seed, document fingerprint, round) (the
 masks: from the fingerprints of the document's hash bucket), so the same
 input and seed give the same multiset of records on any runner and any
 number of workers. Flags are checked before any work (one `error:` line,
-exit 2); bad data is counted, never fatal. The totals of every counter go
+exit 2); bad data is counted, never fatal, but a job that writes no
+instance, or meets a truncated or corrupt compressed input, fails with one
+line (exit 1) and commits nothing. Shards are renamed into place whole and
+`metadata.json`, written last, marks a finished run; every run first clears
+the temporary pieces an interrupted run left behind. The totals of every counter go
 into `metadata.json` and a summary printed at the end.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 import apache_beam as beam
@@ -96,8 +99,8 @@ def run_pipeline(settings, pipeline_options) -> beam.runners.runner.PipelineResu
 
 
 def counter_totals(result) -> dict | None:
-    """{"Namespace/counter-name": total} of our counters; None when the
-    runner reports no metrics."""
+    """{"Namespace/counter-name": total} of our counters ({} when none was
+    set); None when the runner reports no metrics."""
     try:
         counters = result.metrics().query(MetricsFilter())["counters"]
     except Exception:  # runners without metrics support
@@ -109,7 +112,7 @@ def counter_totals(result) -> dict | None:
             name = f"{ns}/{c.key.metric.name}"
             value = c.committed if c.committed is not None else c.attempted
             totals[name] = totals.get(name, 0) + (value or 0)
-    return totals or None
+    return totals  # {} when nothing was counted (no input at all)
 
 
 def _shards(settings) -> list[str]:
@@ -121,43 +124,93 @@ def _shards(settings) -> list[str]:
 
 
 def count_records(paths: list[str], compression: str) -> int:
-    """Counts records by reading the shards (when metrics are unavailable)."""
-    import tensorflow as tf
+    """Counts records by reading the shards (when metrics are unavailable).
 
-    ds = tf.data.TFRecordDataset(
-        paths, compression_type="GZIP" if compression == "gzip" else ""
-    )
-    return int(ds.reduce(0, lambda n, _: n + 1).numpy())
+    Raises:
+        options.JobFailed: a shard is cut short or corrupt (names it).
+    """
+    try:
+        return sum(tfrecords.count_records(p, compression) for p in paths)
+    except tfrecords.CutRecordError as e:
+        raise options.JobFailed(str(e)) from None
 
 
 def _clear_outputs(settings) -> None:
-    """With --overwrite: removes our previous shards and metadata, nothing else."""
+    """Before every run: clears the temporary pieces of interrupted runs
+    (ours by name); with --overwrite also our previous shards and metadata,
+    nothing else. `metadata.json`, the commit marker, goes first, so a run
+    killed while clearing never leaves old metadata over missing shards."""
     if not FileSystems.exists(settings.output_dir):
         FileSystems.mkdirs(settings.output_dir)
         return
-    stale = FileSystems.match(
-        [FileSystems.join(settings.output_dir, f"{tfrecords.SHARD_PREFIX}-*")]
-    )[0].metadata_list
-    paths = [m.path for m in stale]
-    # Pieces an interrupted run left behind (see tfrecords.WriteTfRecords).
-    leftovers = FileSystems.match([tfrecords.temp_dir_pattern(settings.output_dir)])
-    paths += [m.path for m in leftovers[0].metadata_list]
+    leftovers = tfrecords.clear_temp_pieces(settings.output_dir)
+    if leftovers:
+        logging.getLogger(__name__).info(
+            "removed %d temporary piece(s) of an interrupted run", len(leftovers)
+        )
+    paths = []
     for name in (features.METADATA_FILE, loader.RESOLVED_CONFIG_FILE):
         path = FileSystems.join(settings.output_dir, name)
         if FileSystems.exists(path):
             paths.append(path)
-    if paths:
-        FileSystems.delete(paths)
+    stale = FileSystems.match(
+        [FileSystems.join(settings.output_dir, f"{tfrecords.SHARD_PREFIX}-*")]
+    )[0].metadata_list
+    paths += [m.path for m in stale]
+    for path in paths:  # in order: the commit marker first
+        FileSystems.delete([path])
+
+
+def why_nothing(counters: dict | None, empty_files=()) -> str:
+    """One line from the counters saying where the input went."""
+    c = counters or {}
+    parts = []
+    for (ns, name), words in (
+        ((corpus.NAMESPACE, corpus.DOCUMENTS_READ), "document(s) read"),
+        ((corpus.NAMESPACE, corpus.LINES_READ), "line(s) read"),
+        ((corpus.NAMESPACE, corpus.LINES_TOO_LONG), "line(s) dropped as too long"),
+        ((corpus.NAMESPACE, corpus.RECORDS_UNPARSEABLE), "JSONL record(s) unparseable"),
+        ((corpus.NAMESPACE, corpus.RECORDS_WITHOUT_TEXT), "record(s) without text"),
+        ((tokenize.NAMESPACE, tokenize.DOCUMENTS_EMPTY), "document(s) empty"),
+        ((tokenize.NAMESPACE, tokenize.DOCUMENTS_TOKENIZED), "tokenized"),
+        (
+            (sentence_pairs.NAMESPACE, sentence_pairs.DOCUMENTS_ONE_SENTENCE),
+            "with one sentence",
+        ),
+        ((sentence_pairs.NAMESPACE, sentence_pairs.PAIRS), "pair(s) made"),
+    ):
+        value = c.get(f"{ns}/{name}", 0)
+        if value or name in (corpus.DOCUMENTS_READ, sentence_pairs.PAIRS):
+            parts.append(f"{value} {words}")
+    if empty_files:
+        parts.insert(0, f"{len(empty_files)} empty input file(s)")
+    if counters is None:
+        return "the runner reported no counters"
+    return ", ".join(parts)
 
 
 def write_metadata(settings, result, seconds: float) -> dict:
-    """Writes `metadata.json` (+ `config.yaml`) from the run's counters."""
+    """Writes `config.yaml`, then `metadata.json` (the commit marker) from
+    the run's counters.
+
+    Raises:
+        options.JobFailed: the job wrote no instance (its empty shards are
+            removed and no metadata is written, so nothing can train on it).
+    """
     data = settings.data
     shards = _shards(settings)
     totals = counter_totals(result)
     written = (totals or {}).get(f"{tfrecords.NAMESPACE}/{tfrecords.RECORDS_WRITTEN}")
     if written is None:
         written = count_records(shards, settings.compression)
+    if not written:
+        if shards:
+            FileSystems.delete(shards)
+        raise options.JobFailed(
+            f"no pretraining instances from {settings.input} ("
+            f"{why_nothing(totals, settings.empty_files)}); nothing written to "
+            f"{settings.output_dir}"
+        )
     c = totals or {}
     meta = {
         "format_version": features.METADATA_FORMAT_VERSION,
@@ -195,8 +248,8 @@ def write_metadata(settings, result, seconds: float) -> dict:
         },
         "seconds": round(seconds, 1),
     }
-    metadata.write_metadata(settings.output_dir, meta)
     loader.dump_config(ExperimentConfig(data=data), settings.output_dir)
+    metadata.write_metadata(settings.output_dir, meta)  # last: the commit marker
     return meta
 
 
@@ -258,14 +311,7 @@ def run(argv=None) -> dict:
 
 
 def main(argv=None):
-    # Beam's own INFO chatter stays hidden; our progress lines show.
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("pipelines").setLevel(logging.INFO)
-    try:
-        run(argv)
-    except options.UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    options.main(run, argv)
 
 
 if __name__ == "__main__":

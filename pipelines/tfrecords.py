@@ -313,6 +313,26 @@ def tfrecord_frame(record: bytes) -> bytes:
 _FRAME_HEADERS: dict = {}
 
 
+# Test-only fault injection: when this environment variable names a file
+# that does not exist yet, the first piece-writer bundle to finish creates
+# it and fails after writing its pieces, so the runner must retry that
+# bundle (tests/pipelines/test_runners.py). Unset in every real run.
+FAIL_ONCE_ENV = "PIPELINES_TEST_FAIL_ONCE"
+
+
+def _test_fail_once(variable: str) -> None:
+    import os
+
+    marker = os.environ.get(variable)
+    if not marker:
+        return
+    try:
+        open(marker, "x").close()  # exactly one bundle wins, even in parallel
+    except FileExistsError:
+        return
+    raise RuntimeError(f"injected test failure ({variable}={marker})")
+
+
 class _WritePiecesFn(beam.DoFn):
     """`MaskedBatch` -> `(shard, piece path)`: records dealt over shards.
 
@@ -358,7 +378,9 @@ class _WritePiecesFn(beam.DoFn):
             yield from self._flush()
 
     def finish_bundle(self):
-        for shard_and_path in self._flush():
+        pieces = self._flush()
+        _test_fail_once(FAIL_ONCE_ENV)  # after the pieces exist: a real retry
+        for shard_and_path in pieces:
             yield WindowedValue(shard_and_path, MIN_TIMESTAMP, [GlobalWindow()])
 
     def _flush(self):
@@ -381,16 +403,20 @@ class _WritePiecesFn(beam.DoFn):
 class _ConcatenateShardFn(beam.DoFn):
     """`(shard, [piece path | None, ...])` -> the final shard's path.
 
-    Concatenates the shard's pieces (TFRecord frames concatenate) into
-    `PREFIX-SSSSS-of-NNNNN.tfrecord[.gz]`, compressing here when asked.
-    Rewriting a shard from the same pieces is idempotent, so a retried
-    bundle is harmless; pieces are deleted only after every shard is done.
+    Concatenates the shard's pieces (TFRecord frames concatenate) into a
+    temporary file beside them in `temp_dir`, compressing here when asked,
+    then renames it to `PREFIX-SSSSS-of-NNNNN.tfrecord[.gz]`: a job killed
+    mid-copy leaves a cut file only under the temporary name, never under
+    the final one. Rewriting a shard from the same pieces is idempotent, so
+    a retried bundle is harmless; pieces are deleted only after every shard
+    is done.
     """
 
-    def __init__(self, prefix, num_shards, compression):
+    def __init__(self, prefix, num_shards, compression, temp_dir):
         self._prefix = prefix
         self._num_shards = num_shards
         self._compression = compression
+        self._temp_dir = temp_dir
 
     def process(self, element):
         shard, paths = element
@@ -398,18 +424,86 @@ class _ConcatenateShardFn(beam.DoFn):
             f"{self._prefix}-{shard:05d}-of-{self._num_shards:05d}"
             f"{shard_suffix(self._compression)}"
         )
+        temp = FileSystems.join(
+            self._temp_dir, f"shard-{uuid.uuid4().hex}-{final.rsplit('/', 1)[-1]}"
+        )
         compression = (
             CompressionTypes.GZIP
             if self._compression == "gzip"
             else CompressionTypes.UNCOMPRESSED
         )
-        with FileSystems.create(final, compression_type=compression) as out:
+        with FileSystems.create(temp, compression_type=compression) as out:
             for path in sorted(p for p in paths if p):
                 with FileSystems.open(
                     path, compression_type=CompressionTypes.UNCOMPRESSED
                 ) as f:
                     shutil.copyfileobj(f, out, _COPY_BYTES)
+        _test_stall(STALL_BEFORE_RENAME_ENV)
+        FileSystems.rename([temp], [final])
         yield final
+
+
+# Test-only fault injection: when this environment variable names a file,
+# the shard writer creates that file after writing a temporary shard and
+# before renaming it, then waits, so a test can kill the job at that exact
+# point (tests/test_faults.py). Unset in every real run.
+STALL_BEFORE_RENAME_ENV = "PIPELINES_TEST_STALL_BEFORE_RENAME"
+
+
+def _test_stall(variable: str) -> None:
+    import os
+    import time
+
+    marker = os.environ.get(variable)
+    if marker:
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(120)
+
+
+class CutRecordError(ValueError):
+    """A TFRecord file that ends inside a record or fails its checksum."""
+
+
+def count_records(path: str, compression: str = "none") -> int:
+    """Counts the TFRecord frames of one shard, checking each frame's length
+    CRC and that the file ends on a frame boundary (no TensorFlow).
+
+    Raises:
+        CutRecordError: one line naming the file and the byte offset of the
+            first bad frame (a shard cut short by a killed writer).
+    """
+    compression_type = (
+        CompressionTypes.GZIP
+        if compression == "gzip"
+        else CompressionTypes.UNCOMPRESSED
+    )
+    count = offset = 0
+    try:
+        with FileSystems.open(path, compression_type=compression_type) as f:
+            while True:
+                header = f.read(12)
+                if not header:
+                    return count
+                if len(header) < 12:
+                    break
+                (length,) = struct.unpack("<Q", header[:8])
+                (crc,) = struct.unpack("<I", header[8:])
+                if crc != _TFRecordUtil._masked_crc32c(header[:8]):
+                    raise CutRecordError(
+                        f"{path}: corrupt record at byte {offset} (bad length checksum)"
+                    )
+                body = f.read(length + 4)
+                if len(body) < length + 4:
+                    break
+                count += 1
+                offset += 16 + length
+    except (EOFError, OSError, zlib.error) as e:
+        raise CutRecordError(f"{path}: unreadable at record {count} ({e})") from None
+    raise CutRecordError(
+        f"{path}: cut short inside record {count} (byte {offset}); the job that "
+        "wrote it was interrupted"
+    )
 
 
 def _delete_temp_dir(temp_dir: str, finals: list) -> list:
@@ -423,8 +517,39 @@ def _delete_temp_dir(temp_dir: str, finals: list) -> list:
 
 
 def temp_dir_pattern(output_dir: str) -> str:
-    """Where interrupted runs may have left pieces (cleared by --overwrite)."""
+    """Where interrupted runs may have left pieces (every run clears them)."""
     return FileSystems.join(output_dir, f"{TEMP_PREFIX}*")
+
+
+def clear_temp_pieces(output_dir: str) -> list:
+    """Deletes the temporary pieces and shards that killed runs left in
+    `output_dir` (ours by name: `.temp-pieces-*`); returns what was there.
+
+    Beam's local filesystem never matches dot-files or directories, so
+    local disks are listed with `os`; object stores list the objects under
+    the `.temp-pieces-*` prefixes.
+    """
+    import os
+
+    if "://" not in output_dir:
+        if not os.path.isdir(output_dir):
+            return []
+        found = [
+            os.path.join(output_dir, name)
+            for name in sorted(os.listdir(output_dir))
+            if name.startswith(TEMP_PREFIX)
+        ]
+        for path in found:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+        return found
+    pattern = FileSystems.join(temp_dir_pattern(output_dir), "*")
+    found = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    if found:
+        FileSystems.delete(found)
+    return found
 
 
 class WriteTfRecords(beam.PTransform):
@@ -487,6 +612,7 @@ class WriteTfRecords(beam.PTransform):
                     FileSystems.join(self._output_dir, SHARD_PREFIX),
                     n,
                     self._compression,
+                    temp_dir,
                 )
             )
         )

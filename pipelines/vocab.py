@@ -21,8 +21,9 @@ The size reached is at most `--vocab_size` and, when the corpus has enough
 distinct pieces, within the learner's 5% slack below it (the learner
 binary-searches a frequency threshold, so exact sizes are not reachable).
 Bad arguments stop with one line `error: ...` (exit status 2) before any
-pipeline work; an empty corpus or an alphabet that does not fit stops the
-same way after counting, and no vocabulary is written.
+pipeline work; an alphabet that does not fit `--vocab_size` stops the same
+way after counting. An empty corpus, or a truncated or corrupt compressed
+input, stops with one line and exit status 1. No vocabulary is written then.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 import uuid
@@ -53,20 +53,13 @@ SIDECAR_SUFFIX = ".json"
 COUNTS_FILE_PREFIX = "word_counts"
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one line `error: ...`, exit 2."""
-
-    def error(self, message):
-        _fail(message)
-
-
 def _fail(message: str):
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    """A bad flag or path: one line, exit 2 (`pipelines.options.main`)."""
+    raise options.UsageError(message)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(
+    parser = options.Parser(
         prog="python -m pipelines.vocab",
         description="Learn a WordPiece vocabulary from raw corpora with Beam.",
         allow_abbrev=False,  # a misspelt flag must not silently match ours
@@ -225,7 +218,10 @@ def _tool_versions() -> dict[str, str]:
 def run(argv=None) -> dict:
     """Runs the job; returns the sidecar dict that was written.
 
-    Raises SystemExit(2) after printing one `error: ...` line on bad input.
+    Raises:
+        options.UsageError: bad flags or paths (before any work), or an
+            alphabet that does not fit `--vocab_size`.
+        options.JobFailed: the corpus has no words.
     """
     args, reserved, files, beam_args = _parse(argv)
     pipeline_options = PipelineOptions(beam_args)
@@ -275,7 +271,12 @@ def run(argv=None) -> dict:
                 f"{args.min_count} times within --max_word_length="
                 f"{args.max_word_length}; nothing to learn from"
             )
-        _fail(f"the corpus {args.input!r} has no words; nothing to learn from")
+        raise options.JobFailed(
+            f"the corpus {args.input!r} has no words; nothing to learn from "
+            f"({read_counters[corpus.DOCUMENTS_READ]} documents, "
+            f"{read_counters[corpus.LINES_READ]} lines read, "
+            f"{read_counters[corpus.LINES_TOO_LONG]} dropped as too long)"
+        )
     started = time.monotonic()
     try:
         learned = wordpiece_vocab.learn_vocab(
@@ -343,8 +344,8 @@ def run(argv=None) -> dict:
     return sidecar
 
 
-def main():
-    run()
+def main(argv=None):
+    options.main(run, argv)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from configs import features, metadata
 from configs.schema import ConfigError
 from pipelines import classification_data as cd
+from pipelines import options
 
 PARSE = dict(text_column="sentence", text_b_column="", label_column="label")
 
@@ -189,6 +190,7 @@ def test_run_end_to_end_with_bad_rows(tmp_path, vocab_file, vocab_tokens):
             "--labels=0,1",
             "--max_seq_length=16",
             "--num_shards=2",
+            "--max_bad_fraction=0.5",  # 3 of 6 rows are bad on purpose
         ]
     )
     assert meta == metadata.read_metadata(str(out))
@@ -225,10 +227,70 @@ def test_run_end_to_end_with_bad_rows(tmp_path, vocab_file, vocab_tokens):
 def test_run_no_usable_rows_is_an_error(tmp_path, vocab_file):
     data = tmp_path / "train.jsonl"
     data.write_text('{"sentence": "", "label": 1}\n{"oops"\n')
-    with pytest.raises(ConfigError, match="no usable rows"):
+    with pytest.raises(options.JobFailed, match="no usable rows"):
         cd.run(
             [f"--input={data}", f"--vocab={vocab_file}", f"--output_dir={tmp_path}/o"]
         )
+    assert not (tmp_path / "o" / "metadata.json").exists()
+
+
+def test_too_many_bad_rows_fail_naming_the_flag(tmp_path, vocab_file, capsys):
+    # A 3-class file against --labels=0,1: a third of the rows are bad.
+    data = tmp_path / "train.tsv"
+    rows = [f"the dog went back {i}\t{i % 3}" for i in range(30)]
+    data.write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "o"
+    argv = [f"--input={data}", f"--vocab={vocab_file}", f"--output_dir={out}"]
+    with pytest.raises(SystemExit) as e:
+        cd.main(argv + ["--labels=0,1"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "10 of 30 rows are bad" in err[0], err
+    assert "--max_bad_fraction=0.1" in err[0] and "--labels=0,1" in err[0]
+    assert not (out / "metadata.json").exists()
+    # Raising the ceiling accepts the file; the bad rows are counted.
+    meta = cd.run(argv + ["--labels=0,1", "--max_bad_fraction=0.5", "--overwrite"])
+    assert meta["num_examples"] == 20 and meta["bad_rows"] == {"unknown-label": 10}
+
+
+def test_truncated_gzip_input_is_an_error_naming_it(tmp_path, vocab_file, capsys):
+    import gzip
+
+    rows = "".join(f"the dog went back {i}\t{i % 2}\n" for i in range(2000))
+    packed = gzip.compress(("sentence\tlabel\n" + rows).encode())
+    data = tmp_path / "train.tsv.gz"
+    data.write_bytes(packed[: len(packed) // 2])  # like `head -c`
+    with pytest.raises(SystemExit) as e:
+        cd.main(
+            [f"--input={data}", f"--vocab={vocab_file}", f"--output_dir={tmp_path}/o"]
+        )
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(data) in err[0] and "truncated" in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--max_seq_lenght=3"], "unrecognized arguments|unknown flag"),
+        (["--do_lower_case=maybe"], "maybe"),
+        (["--max_bad_fraction=2"], "max_bad_fraction"),
+        (["--output_dir={tmp}/afile"], "is a file"),
+        (["--output_dir={tmp}/afile/sub"], "is a file"),
+    ],
+)
+def test_bad_flags_are_one_line_exit_2(tmp_path, vocab_file, capsys, extra, message):
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\nhello\t1\n")
+    (tmp_path / "afile").write_text("x")
+    argv = [f"--input={data}", f"--vocab={vocab_file}", f"--output_dir={tmp_path}/o"]
+    with pytest.raises(SystemExit) as e:
+        cd.main(argv + [x.format(tmp=tmp_path) for x in extra])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert __import__("re").search(message, err[0]), err[0]
 
 
 def test_bad_flags_stop_before_work(tmp_path, vocab_file):
@@ -243,5 +305,5 @@ def test_bad_flags_stop_before_work(tmp_path, vocab_file):
         cd.run([f"--input={tmp_path}/missing.tsv"] + args[1:])
     bad_vocab = tmp_path / "v.txt"
     bad_vocab.write_text("[PAD]\n[UNK]\nhello\n")
-    with pytest.raises(ValueError, match=r"\[CLS\]"):
+    with pytest.raises(ConfigError, match=r"\[CLS\]"):
         cd.run(args[:1] + [f"--vocab={bad_vocab}"] + args[2:] + ["--text_column=text"])

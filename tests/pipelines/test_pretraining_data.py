@@ -332,3 +332,74 @@ def test_bucket_rows_equal_create_pairs_packed(vocab_ids, task):
         for b in got
         for r in range(len(b.lengths))
     )
+
+
+def _main_error(capsys, argv):
+    """Runs the entry point; returns (exit code, stderr lines)."""
+    with pytest.raises(SystemExit) as e:
+        pretraining_data.main([str(a) for a in argv])
+    return e.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\n\n   \n\n", b"x" * ((1 << 20) + 10) + b"\n"],
+    ids=["empty-file", "blank-lines", "one-over-long-line"],
+)
+def test_no_instances_fails_with_one_line_and_commits_nothing(
+    tmp_path, capsys, vocab_file, content
+):
+    corpus = tmp_path / "in.txt"
+    corpus.write_bytes(content)
+    out = tmp_path / "out"
+    code, err = _main_error(capsys, _argv(corpus, vocab_file, out))
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("error: no pretraining instances from"), err
+    assert "0 pair(s) made" in err[0]
+    assert os.listdir(out) == []  # no shards, no metadata.json
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_damaged_gzip_is_an_error_naming_the_file(
+    tmp_path, capsys, corpus_file, vocab_file, damage
+):
+    import gzip
+
+    text = open(corpus_file, "rb").read() * 200  # several deflate blocks
+    packed = bytearray(gzip.compress(text))
+    path = tmp_path / "corpus.txt.gz"
+    if damage == "truncated":
+        packed = packed[: len(packed) // 2]  # what `head -c` does
+    else:
+        packed[len(packed) // 2 : len(packed) // 2 + 16] = b"\x00" * 16
+    path.write_bytes(bytes(packed))
+    code, err = _main_error(capsys, _argv(path, vocab_file, tmp_path / "out"))
+    assert code == 1 and len(err) == 1, err
+    assert f"input {path} cannot be read to its end" in err[0], err
+    assert not (tmp_path / "out" / "metadata.json").exists()
+
+
+def test_output_dir_that_is_a_file_stops_before_work(
+    tmp_path, capsys, corpus_file, vocab_file
+):
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        code, err = _main_error(capsys, _argv(corpus_file, vocab_file, out))
+        assert code == 2 and len(err) == 1 and "is a file" in err[0], err
+
+
+def test_any_run_clears_pieces_of_an_interrupted_run(tmp_path, corpus_file, vocab_file):
+    # What a run killed mid-write leaves: a temp dir of pieces and a temp shard.
+    out = tmp_path / "out"
+    leftover = out / ".temp-pieces-0123abcd"
+    leftover.mkdir(parents=True)
+    (leftover / "00000-ff.piece").write_bytes(b"\x00" * 1000)
+    (leftover / "shard-ff-pretraining-00000-of-00002.tfrecord").write_bytes(b"cut")
+    meta = pretraining_data.run(_argv(corpus_file, vocab_file, out))  # no --overwrite
+    assert meta["num_examples"] > 0
+    assert sorted(os.listdir(out)) == [
+        "config.yaml",
+        "metadata.json",
+        "pretraining-00000-of-00002.tfrecord",
+        "pretraining-00001-of-00002.tfrecord",
+    ]

@@ -147,3 +147,21 @@ def test_write_tf_records_shards_parse_with_bert_spec(tmp_path, compression):
         for ids, _, _, _, orig in instances
     )
     assert got == want
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_count_records_names_a_cut_shard(tmp_path, compression):
+    import gzip
+
+    frames = b"".join(tfrecords.tfrecord_frame(bytes([i]) * 50) for i in range(5))
+    if compression == "gzip":
+        whole = gzip.compress(frames)
+        cut = gzip.compress(frames[:-10])
+    else:
+        whole, cut = frames, frames[:-10]
+    path = tmp_path / "pretraining-00000-of-00001.tfrecord"
+    path.write_bytes(whole)
+    assert tfrecords.count_records(str(path), compression) == 5
+    path.write_bytes(cut)
+    with pytest.raises(tfrecords.CutRecordError, match=f"{path}: cut short inside"):
+        tfrecords.count_records(str(path), compression)

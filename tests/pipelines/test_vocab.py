@@ -130,10 +130,10 @@ def test_cased_vocab_keeps_capitals(corpus_file, tmp_path):
     assert tokens.index(features.UNK) not in ids.flat_values.numpy().tolist()
 
 
-def _expect_error(capsys, argv, message, output=None):
+def _expect_error(capsys, argv, message, output=None, code=2):
     with pytest.raises(SystemExit) as exit_info:
-        vocab.run(argv)
-    assert exit_info.value.code == 2
+        vocab.main(argv)
+    assert exit_info.value.code == code
     err = [line for line in capsys.readouterr().err.splitlines() if line]
     assert err and err[-1].startswith("error: ") and message in err[-1], err
     if output is not None:
@@ -160,7 +160,7 @@ def test_empty_corpus_is_an_error_and_writes_nothing(capsys, tmp_path):
     corpus = tmp_path / "blank.txt"
     corpus.write_text("\n  \n\n", encoding="utf-8")
     out = tmp_path / "v.txt"
-    _expect_error(capsys, _args(corpus, out), "has no words", out)
+    _expect_error(capsys, _args(corpus, out), "has no words", out, code=1)
 
 
 @pytest.mark.parametrize(
