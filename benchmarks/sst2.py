@@ -6,7 +6,8 @@
 
 `--init_checkpoint=DIR` skips step 2 and fine-tunes from an existing
 pretraining `model_dir` (ours: `config.yaml` + `encoder.weights.h5` +
-`vocab.txt`), e.g. the one `benchmarks/gpu_pretrain.py` writes on a GPU;
+`vocab.txt`), e.g. the bert_mini that `benchmarks/gpu_run.sh` pretrains
+with `python -m model.pretrain --budget_minutes` on a GPU;
 its `pretrain_summary.json`, when present, goes into the results. The
 random-init runs use the checkpoint's model sizes, so both arms compare
 the same architecture.

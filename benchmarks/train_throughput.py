@@ -2,13 +2,17 @@
 
     .venv/bin/python benchmarks/train_throughput.py [--sizes=tiny,mini,small]
         [--windows=5 --window_steps=5] [--kh_settings=f32_xla,bf16]
+        [--backends=tensorflow,jax --skip_keras_hub]
+
+Model sizes are the product's (`configs/pretrain/bert_<size>.yaml`).
 
 Sequences/s of a full optimizer step, batch 32, sequence length 128,
 vocabulary 30522, 20 predictions per sequence, for BERT tiny/mini/small:
 
 - ours: `python -m model.pretrain` itself on synthetic records (the real
-  tf.data pipeline, train step and defaults: precision/XLA `auto`), read from
-  its `metrics.jsonl` (`examples_per_second` per `--window_steps` window);
+  input pipeline, train step and defaults: precision/XLA `auto`), read from
+  its `metrics.jsonl` (`examples_per_second` per `--window_steps` window),
+  on each Keras backend in `--backends` (`KERAS_BACKEND`);
 - keras-hub: `keras_hub.models.BertMaskedLM` on a `BertBackbone` of the same
   sizes built from scratch, `fit()` on synthetic batches, AdamW with the same
   settings, at each setting in `--kh_settings`; its best one counts.
@@ -37,13 +41,6 @@ REPO = os.path.dirname(HERE)
 KH_VENV = os.path.join(HERE, ".venv-kh")
 KH_VERSION = "0.32.0"
 
-SIZES = {
-    "tiny": dict(num_layers=2, num_heads=2, hidden_dim=128, intermediate_dim=512),
-    "mini": dict(num_layers=4, num_heads=4, hidden_dim=256, intermediate_dim=1024),
-    "small": dict(num_layers=4, num_heads=8, hidden_dim=512, intermediate_dim=2048),
-    "medium": dict(num_layers=8, num_heads=8, hidden_dim=512, intermediate_dim=2048),
-    "base": dict(num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072),
-}
 VOCAB, SEQ, PRED, BATCH = 30522, 128, 20, 32
 TARGET = 1.2  # issue 4: ours >= 1.2x keras-hub's best setting per size
 KH_SETTINGS = {
@@ -52,6 +49,20 @@ KH_SETTINGS = {
     "bf16": ("mixed_bfloat16", False),
     "bf16_xla": ("mixed_bfloat16", True),
 }
+
+
+def sizes(size):
+    """Layer sizes of `configs/pretrain/bert_<size>.yaml` (the product's)."""
+    sys.path.insert(0, REPO)
+    from configs.loader import load_config
+
+    m = load_config([f"pretrain/bert_{size}.yaml"], []).model
+    return dict(
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        hidden_dim=m.hidden_dim,
+        intermediate_dim=m.intermediate_dim,
+    )
 
 
 # === keras-hub side (runs inside benchmarks/.venv-kh) ===
@@ -64,7 +75,7 @@ def keras_hub_worker(size, setting, windows, window_steps):
     policy, xla = KH_SETTINGS[setting]
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=VOCAB, max_sequence_length=512, dtype=policy, **SIZES[size]
+        vocabulary_size=VOCAB, max_sequence_length=512, dtype=policy, **sizes(size)
     )
     model = keras_hub.models.BertMaskedLM(backbone=backbone, preprocessor=None)
     model.compile(
@@ -171,17 +182,13 @@ def write_records(directory, num=256):
     )
 
 
-def ours(size, data, windows, window_steps, extra):
-    model_dir = tempfile.mkdtemp(prefix=f"bench-{size}-")
+def ours(size, data, windows, window_steps, extra, backend="tensorflow"):
+    model_dir = tempfile.mkdtemp(prefix=f"bench-{size}-{backend}-")
     argv = [
         sys.executable,
         "-m",
         "model.pretrain",
-        (
-            f"--config=pretrain/bert_{size}.yaml"
-            if size != "base"
-            else "--config=pretrain/bert_base.yaml"
-        ),
+        f"--config=pretrain/bert_{size}.yaml",
         f"--data={data}",
         f"--model_dir={model_dir}",
         f"--steps={(windows + 1) * window_steps}",
@@ -190,7 +197,9 @@ def ours(size, data, windows, window_steps, extra):
         f"--save_every={10 ** 6}",
         "--set=pretrain.shuffle_buffer=64",
     ] + list(extra)
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(
+        os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend
+    )
     out = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
@@ -203,7 +212,7 @@ def ours(size, data, windows, window_steps, extra):
     # metrics.jsonl times the first call (tracing) apart; the first timed
     # window is dropped too (warm-up), like keras-hub's.
     rates = [r["examples_per_second"] for r in records if "examples_per_second" in r]
-    return rates[1:], f"{p['precision']}+xla={p['jit_compile']}"
+    return rates[1:], f"{p['backend']} {p['precision']}+xla={p['jit_compile']}"
 
 
 def ensure_keras_hub():
@@ -250,6 +259,12 @@ def main():
     parser.add_argument("--kh_settings", default="f32_xla,bf16")
     parser.add_argument("--skip_keras_hub", action="store_true")
     parser.add_argument(
+        "--backends",
+        default="tensorflow",
+        help="Keras backends of our runs, comma-separated (tensorflow,jax); "
+        "keras-hub is compared with the first",
+    )
+    parser.add_argument(
         "--ours_extra", default="", help="extra pretrain flags, comma-separated"
     )
     args = parser.parse_args()
@@ -260,13 +275,19 @@ def main():
     write_records(data)
     extra = [f for f in args.ours_extra.split(",") if f]
     rows = []
+    backends = args.backends.split(",")
     for size in args.sizes.split(","):
-        rates, setting = ours(size, data, args.windows, args.window_steps, extra)
-        mine = statistics.median(rates)
-        print(
-            f"{size:6s} ours      {setting:24s} median {mine:7.1f} seq/s  windows {[round(r, 1) for r in rates]}",
-            flush=True,
-        )
+        mine = {}
+        for backend in backends:
+            rates, setting = ours(
+                size, data, args.windows, args.window_steps, extra, backend
+            )
+            mine[backend] = (statistics.median(rates), setting)
+            print(
+                f"{size:6s} ours      {setting:30s} median "
+                f"{mine[backend][0]:7.1f} seq/s  windows {[round(r, 1) for r in rates]}",
+                flush=True,
+            )
         best = None
         if python:
             for kh_setting in args.kh_settings.split(","):
@@ -275,26 +296,35 @@ def main():
                 )
                 med = statistics.median(kh_rates)
                 print(
-                    f"{size:6s} keras-hub {kh_setting:24s} median {med:7.1f} seq/s  windows {[round(r, 1) for r in kh_rates]}",
+                    f"{size:6s} keras-hub {kh_setting:30s} median {med:7.1f} seq/s  windows {[round(r, 1) for r in kh_rates]}",
                     flush=True,
                 )
                 best = max(best or 0.0, med)
-        rows.append((size, setting, mine, best))
+        rows.append((size, mine, best))
     print(f"\nload average at the end: {_load()}")
     print(
         "\nSequences/s (median of windows; batch 32, seq 128). ours = "
-        "`python -m model.pretrain` with `auto` settings (tf.data + NSP head);"
-        "\nkeras-hub = BertMaskedLM.fit() on an in-memory batch, best of "
-        f"{args.kh_settings}. Target: ours >= {TARGET}x keras-hub's best.\n"
+        "`python -m model.pretrain` with `auto` settings (records + NSP head)"
+        " on each backend;\nkeras-hub = BertMaskedLM.fit() on an in-memory "
+        f"batch, best of {args.kh_settings}. Target: ours >= {TARGET}x "
+        "keras-hub's best.\n"
     )
-    print("| size | ours seq/s (setting) | keras-hub best seq/s | ratio | target |")
-    print("| --- | --- | --- | --- | --- |")
-    for size, setting, mine, best in rows:
-        ratio = f"{mine / best:.2f}x" if best else "n/a"
-        verdict = ("met" if mine >= TARGET * best else "missed") if best else "n/a"
+    first = backends[0]
+    head = " | ".join(f"{b} seq/s (setting)" for b in backends)
+    ratios = " | ".join(f"{b} / {first}" for b in backends[1:])
+    print(
+        f"| size | {head} | {ratios + ' | ' if ratios else ''}keras-hub best seq/s | ratio | target |"
+    )
+    print("| --- " * (len(backends) * 2 + 4) + "|")
+    for size, mine, best in rows:
+        cells = " | ".join(f"{mine[b][0]:.1f} ({mine[b][1]})" for b in backends)
+        rel = " | ".join(f"{mine[b][0] / mine[first][0]:.2f}x" for b in backends[1:])
+        top = mine[first][0]
+        ratio = f"{top / best:.2f}x" if best else "n/a"
+        verdict = ("met" if top >= TARGET * best else "missed") if best else "n/a"
         best_text = f"{best:.1f}" if best else "n/a"
         print(
-            f"| {size} | {mine:.1f} ({setting}) | {best_text} | {ratio} | {verdict} |"
+            f"| {size} | {cells} | {rel + ' | ' if rel else ''}{best_text} | {ratio} | {verdict} |"
         )
 
 

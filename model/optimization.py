@@ -69,8 +69,7 @@ def create_optimizer(
             `total_steps=None`: no schedule; the rate is a constant that
             Keras keeps in the optimizer's `learning_rate` variable, which a
             stateless (JAX) loop may overwrite each step with a rate it
-            computes, e.g. when the step count is known only after timing
-            (`benchmarks/gpu_pretrain.py`).
+            computes.
         weight_decay: float, decoupled decay (not on LayerNorm or biases).
         optimizer: "adamw" or "lamb".
         beta_1, beta_2, epsilon: Adam moments.

@@ -1,0 +1,257 @@
+"""`model.pretrain` under `KERAS_BACKEND=jax`, with TensorFlow unimportable.
+
+The pytest process runs Keras on TensorFlow (the backend is fixed at
+import), so every JAX run is a subprocess started through `jax_run.py`,
+which blocks `tensorflow` and `tensorflow_text` the way a JAX-only machine
+lacks them.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import yaml
+
+from pretraining_records import TINY_SEQ, tiny_flags, write_records
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+JAX_RUN = os.path.join(REPO, "tests", "model", "jax_run.py")
+METRIC_KEYS = (
+    "loss",
+    "mlm_loss",
+    "sentence_loss",
+    "mlm_accuracy",
+    "sentence_accuracy",
+    "learning_rate",
+    "examples_per_second",
+)
+
+
+def jax_env(devices=1):
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="jax",
+        PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests", "model")]),
+        TF_CPP_MIN_LOG_LEVEL="3",
+        JAX_PLATFORMS="cpu",
+    )
+    if devices > 1:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def jax_pretrain(argv, devices=1, **kwargs):
+    cmd = [sys.executable, "-u", JAX_RUN, "-m", "model.pretrain"] + argv
+    return subprocess.run(
+        cmd, cwd=REPO, env=jax_env(devices), capture_output=True, text=True, **kwargs
+    )
+
+
+def metrics(model_dir):
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def jax_run_dir(tmp_path_factory):
+    """One tiny JAX pretraining run (dynamic masking) shared by the tests."""
+    base = tmp_path_factory.mktemp("jax")
+    data = write_records(base / "records")
+    model_dir = str(base / "run")
+    out = jax_pretrain(
+        tiny_flags(data, model_dir, steps=6, masking="dynamic", steps_per_loop=2)
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return model_dir
+
+
+def test_jax_run_writes_what_the_tf_run_writes(jax_run_dir):
+    for name in (
+        "config.yaml",
+        "encoder.weights.h5",
+        "metrics.png",
+        "vocab.txt",
+        "checkpoints/ckpt-6.npz",
+    ):
+        assert os.path.exists(os.path.join(jax_run_dir, name)), name
+    with open(os.path.join(jax_run_dir, "config.yaml")) as f:
+        pretrain_cfg = yaml.safe_load(f)["pretrain"]
+    assert pretrain_cfg["backend"] == "jax"
+    assert pretrain_cfg["precision"] == "float32"  # auto on CPU / as asked
+    records = metrics(jax_run_dir)
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert records[0]["first_call_seconds"] > 0
+    for key in METRIC_KEYS:
+        assert np.isfinite(records[-1][key]), key
+    # Warm-up of 1 step, then linear decay to 0 at step 6.
+    assert records[-1]["learning_rate"] == pytest.approx(1e-3 * (1 - 5 / 6))
+
+
+def test_jax_encoder_fine_tunes_under_tensorflow(jax_run_dir):
+    # The pytest process is on TensorFlow: the JAX run's weights load here.
+    from model.bert_backbone import load_pretrained_backbone
+
+    backbone = load_pretrained_backbone(jax_run_dir)
+    assert backbone.hidden_dim == 16
+    ids = np.full((2, TINY_SEQ), 7, "int32")
+    out = backbone(
+        {
+            "input_ids": ids,
+            "input_mask": np.ones_like(ids),
+            "segment_ids": np.zeros_like(ids),
+        }
+    )
+    assert np.all(np.isfinite(np.asarray(out["pooled_output"])))
+
+
+def test_sigkilled_jax_run_resumes_without_lost_or_repeated_steps(
+    records_dir, tmp_path
+):
+    model_dir = str(tmp_path / "run")
+    argv = tiny_flags(records_dir, model_dir, steps=40, save_every=5)
+    cmd = [sys.executable, "-u", JAX_RUN, "-m", "model.pretrain"] + argv
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=jax_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    killed_at = None
+    for line in proc.stdout:
+        if line.startswith("step "):
+            step = int(line.split()[1].split("/")[0])
+            if step >= 12:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = step
+                break
+    proc.wait()
+    assert killed_at is not None and killed_at < 40
+    saved = sorted(
+        int(n[5:-4])
+        for n in os.listdir(os.path.join(model_dir, "checkpoints"))
+        if n.startswith("ckpt-") and n.endswith(".npz")
+    )
+    assert saved and 10 <= saved[-1] <= killed_at and saved[-1] % 5 == 0
+    # No half-written checkpoint under a final name, whatever the kill hit.
+    out = jax_pretrain(argv)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"at step {saved[-1]}" in out.stdout
+    assert [r["step"] for r in metrics(model_dir)] == list(range(1, 41))
+
+
+def test_two_forced_devices_give_the_one_device_losses(records_dir, tmp_path):
+    runs = {}
+    for strategy in ("default", "mirrored"):
+        model_dir = str(tmp_path / strategy)
+        out = jax_pretrain(
+            tiny_flags(records_dir, model_dir, steps=3, strategy=strategy),
+            devices=2,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs[strategy] = metrics(model_dir)
+    for a, b in zip(runs["default"], runs["mirrored"]):
+        for key in ("loss", "mlm_loss", "sentence_loss", "mlm_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (key, a, b)
+
+
+LOSS_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    sys.path[:0] = [".", "tests/model"]
+    from model.bert_backbone import BertBackbone
+    from model.bert_pretrainer import BertPretrainer, pretraining_losses, INPUT_KEYS
+    from configs.schema import ModelConfig
+    cfg = ModelConfig(**json.loads(sys.argv[1]))
+    pretrainer = BertPretrainer(BertBackbone.from_model_config(cfg))
+    pretrainer.load_weights(sys.argv[2])
+    batch = dict(np.load(sys.argv[3]))
+    outputs = pretrainer({k: batch[k] for k in INPUT_KEYS}, training=False)
+    losses = pretraining_losses(batch, outputs)
+    print(json.dumps({k: float(np.asarray(v)) for k, v in losses.items()}))
+    """)
+
+
+def test_tf_and_jax_losses_agree_in_float32(tmp_path):
+    from model.bert_backbone import BertBackbone
+    from model.bert_pretrainer import BertPretrainer
+    from pretraining_records import make_examples
+
+    sizes = dict(
+        vocabulary_size=120,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=64,
+    )
+    from configs.schema import ModelConfig
+
+    pretrainer = BertPretrainer(BertBackbone.from_model_config(ModelConfig(**sizes)))
+    weights = str(tmp_path / "pretrainer.weights.h5")
+    pretrainer.save_weights(weights)
+    examples = make_examples(8)
+    batch = {
+        k: np.stack([e[k] for e in examples]).astype(
+            "float32" if k == "masked_lm_weights" else "int32"
+        )
+        for k in examples[0]
+    }
+    np.savez(tmp_path / "batch.npz", **batch)
+    script = str(tmp_path / "loss.py")
+    with open(script, "w") as f:
+        f.write(LOSS_SCRIPT)
+    results = {}
+    for backend in ("tensorflow", "jax"):
+        env = dict(jax_env(), KERAS_BACKEND=backend)
+        cmd = [sys.executable, script, json.dumps(sizes), weights]
+        cmd.append(str(tmp_path / "batch.npz"))
+        if backend == "jax":
+            cmd = [sys.executable, JAX_RUN] + cmd[1:]
+        out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-3000:]
+        results[backend] = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("loss", "mlm_loss", "sentence_loss"):
+        assert results["jax"][key] == pytest.approx(
+            results["tensorflow"][key], abs=1e-4
+        ), key
+
+
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        ("gzip", "gzip"),
+        ("truncate", "truncated"),
+        ("seq", "max_seq_length"),
+    ],
+)
+def test_bad_records_stop_a_jax_run_with_one_line(tmp_path, fault, message):
+    data = write_records(tmp_path / "records", num=16, num_shards=1)
+    shard = [n for n in os.listdir(data) if ".tfrecord" in n][0]
+    path = os.path.join(data, shard)
+    argv = tiny_flags(data, str(tmp_path / "run"), steps=2)
+    if fault == "gzip":
+        import gzip
+
+        with open(path, "rb") as f:
+            raw = f.read()
+        os.remove(path)
+        with gzip.open(path + ".gz", "wb") as f:
+            f.write(raw)
+    elif fault == "truncate":
+        size = os.path.getsize(path)
+        with open(path, "r+b") as f:
+            f.truncate(size - 7)
+    else:
+        argv.append(f"--set=data.max_seq_length={TINY_SEQ * 2}")
+    out = jax_pretrain(argv)
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert message in (out.stderr + out.stdout).lower()
+    assert not os.path.exists(os.path.join(tmp_path, "run", "checkpoints"))
