@@ -1,27 +1,41 @@
-"""Dynamic masking: fresh masked-LM choices for every batch (RoBERTa).
+"""Dynamic masking: fresh masked-LM choices for every batch (RoBERTa style).
 
 The records keep the originals (masked `input_ids` plus `masked_lm_ids` at
 `masked_lm_positions`), so the trainer can undo the stored masks and draw
-new ones each step with tensorflow-text's `RandomItemSelector`,
-`MaskValuesChooser` and `mask_language_model`, using the data config's
-rates. `[CLS]`, `[SEP]` and `[PAD]` are never chosen; random replacements
-come from ordinary (non-bracketed) tokens unless `random_tokens="any"`.
+new ones each step. The choice follows `configs/masking_rule.py`, the rule
+the data job's static masks follow too: bracketed tokens (`[CLS]`,
+`[SEP]`, `[PAD]`, `[UNK]`, `[MASK]`, `[unusedN]`, ...) and padding are
+never chosen; the budget is `min(max_predictions_per_seq, max(1,
+round(num_real_tokens * masked_lm_prob)))`; with `whole_word_mask` `##`
+pieces go with the word before them, words are taken in random order and
+one that would overshoot the budget is skipped; chosen tokens become
+`[MASK]` / a random ordinary token / themselves at the data config's rates.
 
-With `whole_word_mask` the choice follows the data job's whole-word rule
-(`pipelines.masking`, google-research/bert): a `##` piece belongs to the
-word before it, `round(length * masked_lm_prob)` tokens (capped at
-`max_predictions_per_seq`) are filled with whole words taken in random
-order, and a word that would overshoot is skipped. tensorflow-text's
-`mask_language_model` also masks whole words given `[batch, (words),
-(pieces)]`, but its rate and cap count words, not tokens, so a few long
-words could overflow the `max_predictions_per_seq` label slots; the
-choice is made here and only the 80/10/10 replacement is tensorflow-text's.
+One implementation in `keras.ops`, static shapes only, for both backends:
+under TensorFlow it runs as a `tf.data` map (`DynamicMasker.__call__`);
+under JAX, `DynamicMasker.mask(batch, seed)` runs inside the jitted train
+step, and this module imports neither TensorFlow nor tensorflow-text.
+
+Randomness comes from a counter-based hash of `(seed, stream, row *
+seq_length + column)` written in `keras.ops` integer arithmetic (the
+`lowbias32` mixer by C. Wellons), not from `keras.random`: in Keras 3.15
+`keras.random` accepts a tensor seed under JAX (as a raw key) but rejects
+it under TensorFlow (`draw_seed` takes only ints and `SeedGenerator`s,
+whose variable cannot live in a `tf.data` map). The hash also makes the
+two backends draw bit-identical masks for the same seed, and its integer
+sort keys carry the position in their low bits, so no two keys tie.
 """
 
-import tensorflow as tf
-import tensorflow_text as tf_text
+import numpy as np
 
-from configs import features
+import keras
+from keras import ops
+
+from configs import features, masking_rule
+
+_REPLACEMENT_BITS = 24  # uniform integer draws in [0, 2**24) for 80/10/10
+# Random streams (one hash input each): choice order, 80/10/10, random id.
+_ORDER, _REPLACE, _RANDOM_ID = 0, 1, 2
 
 
 def restore_original_ids(batch):
@@ -29,73 +43,46 @@ def restore_original_ids(batch):
 
     Args:
         batch: dict with `input_ids` `[b, s]`, `masked_lm_positions`,
-            `masked_lm_ids` and `masked_lm_weights` `[b, p]`.
+            `masked_lm_ids` and `masked_lm_weights` `[b, p]` (backend
+            tensors of any integer dtype; weights float).
 
-    Returns int `[b, s]` original token ids (padding weights are ignored).
+    Returns `[b, s]` original token ids, `input_ids`' dtype (slots whose
+    weight is 0 are ignored). Vectorised as a `[b, s, p]` comparison.
     """
     ids = batch[features.INPUT_IDS]
-    positions = tf.cast(batch[features.MASKED_LM_POSITIONS], tf.int32)
-    originals = tf.cast(batch[features.MASKED_LM_IDS], ids.dtype)
+    seq = ids.shape[1]
+    positions = ops.cast(batch[features.MASKED_LM_POSITIONS], "int32")
+    originals = ops.cast(batch[features.MASKED_LM_IDS], ids.dtype)
     real = batch[features.MASKED_LM_WEIGHTS] > 0
-    rows = tf.broadcast_to(
-        tf.range(tf.shape(positions)[0])[:, None], tf.shape(positions)
+    hit = ops.logical_and(
+        ops.equal(positions[:, None, :], ops.arange(seq, dtype="int32")[None, :, None]),
+        real[:, None, :],
     )
-    indices = tf.stack(
-        [tf.boolean_mask(rows, real), tf.boolean_mask(positions, real)], -1
-    )
-    return tf.tensor_scatter_nd_update(ids, indices, tf.boolean_mask(originals, real))
-
-
-class _OrdinaryValuesChooser(tf_text.MaskValuesChooser):
-    """MaskValuesChooser whose random tokens are drawn from a given id list."""
-
-    def __init__(self, random_ids, mask_token, mask_token_rate, random_token_rate):
-        super().__init__(
-            len(random_ids), mask_token, mask_token_rate, random_token_rate
-        )
-        self._random_ids = tf.constant(random_ids, tf.int64)
-
-    def get_mask_values(self, masked_lm_ids):
-        flat = masked_lm_ids.flat_values
-        draw = tf.random.uniform(tf.shape(flat))
-        random_ids = tf.gather(
-            self._random_ids,
-            tf.random.uniform(
-                tf.shape(flat),
-                maxval=tf.shape(self._random_ids, tf.int64)[0],
-                dtype=tf.int64,
-            ),
-        )
-        mask_rate = self._mask_token_rate
-        values = tf.where(
-            draw < mask_rate,
-            tf.cast(self.mask_token, flat.dtype),
-            tf.where(
-                draw < mask_rate + self._random_token_rate,
-                tf.cast(random_ids, flat.dtype),
-                flat,
-            ),
-        )
-        return masked_lm_ids.with_flat_values(values)
+    stored = ops.max(ops.where(hit, originals[:, None, :], -1), axis=-1)
+    return ops.where(stored >= 0, stored, ids)
 
 
 class DynamicMasker:
-    """Re-masks a batch of pretraining features (a `tf.data` map function).
+    """Re-masks a batch of pretraining features (`configs/masking_rule.py`).
 
     Args:
         vocab: list of tokens (id = index); special ids are looked up by name.
-        max_predictions_per_seq: int, masked-LM slots per sequence.
+        max_predictions_per_seq: int, masked-LM slots per sequence (and the
+            budget's cap).
         masked_lm_prob: float, fraction of real tokens chosen.
         mask_token_prob: float, chosen -> `[MASK]`.
         random_token_prob: float, chosen -> random token (rest kept).
         random_tokens: "ordinary" (non-bracketed tokens) or "any".
-        whole_word_mask: choose all pieces of a word together (see the
-            module docstring); specials (`[CLS]`, `[SEP]`, `[PAD]`,
-            `[UNK]`, `[MASK]`) are never chosen, as in the data job.
+        whole_word_mask: choose all pieces of a word together.
+        seed: int or None, seeds the seed draws of `__call__` on backends
+            other than TensorFlow (TensorFlow uses its global seed).
 
-    Call with a batched feature dict (`[b, s]`/`[b, p]` tensors); returns
-    the same dict with new `input_ids`, `masked_lm_positions`,
-    `masked_lm_ids` and `masked_lm_weights` (same shapes and dtypes).
+    `mask(batch, seed)` is the pure, jit-friendly entry; calling the masker
+    (`masker(batch)`, the `tf.data` map function) draws a fresh seed per
+    call. Both take a batched feature dict and return the same dict with
+    new `input_ids`, `masked_lm_positions`, `masked_lm_ids` and
+    `masked_lm_weights` (same shapes and dtypes; the other features pass
+    through).
     """
 
     def __init__(
@@ -108,134 +95,227 @@ class DynamicMasker:
         random_token_prob=0.1,
         random_tokens="ordinary",
         whole_word_mask=False,
+        seed=None,
     ):
-        special = features.special_token_ids(vocab)
-        self.max_predictions_per_seq = max_predictions_per_seq
-        self.masked_lm_prob = masked_lm_prob
-        self.whole_word_mask = whole_word_mask
-        # Per-id lookups for the whole-word rule: bool [vocab_size].
-        never = set(special.values())
-        self._never = tf.constant([i in never for i in range(len(vocab))])
-        self._continuation = tf.constant([t.startswith("##") for t in vocab])
-        self.selector = tf_text.RandomItemSelector(
-            max_selections_per_batch=max_predictions_per_seq,
-            selection_rate=masked_lm_prob,
-            unselectable_ids=[
-                special[features.CLS],
-                special[features.SEP],
-                special[features.PAD],
-            ],
+        self.rule = masking_rule.MaskingRule.create(
+            vocab,
+            max_predictions_per_seq=max_predictions_per_seq,
+            masked_lm_prob=masked_lm_prob,
+            mask_token_prob=mask_token_prob,
+            random_token_prob=random_token_prob,
+            random_tokens=random_tokens,
+            whole_word_mask=whole_word_mask,
         )
-        if random_tokens == "ordinary":
-            ordinary = [
-                i for i, t in enumerate(vocab) if not features.is_special_token(t)
-            ]
-            self.chooser = _OrdinaryValuesChooser(
-                ordinary, special[features.MASK], mask_token_prob, random_token_prob
-            )
-        else:
-            self.chooser = tf_text.MaskValuesChooser(
-                len(vocab), special[features.MASK], mask_token_prob, random_token_prob
-            )
+        self.max_predictions_per_seq = max_predictions_per_seq
+        self.whole_word_mask = whole_word_mask
+        self._seed_rng = np.random.default_rng(seed)
+
+    @classmethod
+    def from_config(cls, vocab, data, seed=None):
+        """The masker of a `configs.schema.DataConfig`."""
+        return cls(
+            vocab,
+            max_predictions_per_seq=data.max_predictions_per_seq,
+            masked_lm_prob=data.masked_lm_prob,
+            mask_token_prob=data.mask_token_prob,
+            random_token_prob=data.random_token_prob,
+            random_tokens=data.random_tokens,
+            whole_word_mask=data.whole_word_mask,
+            seed=seed,
+        )
 
     def __call__(self, batch):
-        batch = dict(batch)
-        ids = tf.cast(restore_original_ids(batch), tf.int64)
-        seq_len = ids.shape[1] if ids.shape[1] is not None else tf.shape(ids)[1]
-        lengths = tf.reduce_sum(tf.cast(batch[features.INPUT_MASK], tf.int64), 1)
-        if self.whole_word_mask:
-            masked, positions, originals = self._mask_whole_words(ids, lengths)
-        else:
-            ragged = tf.RaggedTensor.from_tensor(ids, lengths=lengths)
-            masked, positions, originals = tf_text.mask_language_model(
-                ragged, item_selector=self.selector, mask_values_chooser=self.chooser
-            )
-        p = self.max_predictions_per_seq
-        dtype = batch[features.INPUT_IDS].dtype
-        batch[features.INPUT_IDS] = tf.cast(
-            (
-                masked.to_tensor(shape=[None, seq_len])
-                if isinstance(seq_len, int)
-                else masked.to_tensor(shape=tf.stack([tf.shape(ids)[0], seq_len]))
-            ),
-            dtype,
-        )
-        batch[features.MASKED_LM_POSITIONS] = tf.cast(
-            positions.to_tensor(shape=[None, p]), dtype
-        )
-        batch[features.MASKED_LM_IDS] = tf.cast(
-            originals.to_tensor(shape=[None, p]), dtype
-        )
-        batch[features.MASKED_LM_WEIGHTS] = tf.sequence_mask(
-            positions.row_lengths(), p, dtype=tf.float32
-        )
-        return batch
+        """`mask(batch, fresh seed)`: the `tf.data` map function.
 
-    def _choose_whole_words(self, ids, lengths):
-        """bool `[b, s]`: the tokens chosen by the whole-word rule.
+        Under TensorFlow the seed comes from a stateful `tf.random.uniform`
+        op, so every batch gets fresh masks inside a `tf.data` map; on other
+        backends from a numpy Generator (eager use only; inside `jax.jit`
+        call `mask` with a seed instead).
+        """
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            seed = tf.random.uniform([2], tf.int32.min, tf.int32.max, tf.int32)
+        else:
+            seed = self._seed_rng.integers(-(2**31), 2**31 - 1, 2, dtype=np.int32)
+        return self.mask(batch, seed)
+
+    def mask(self, batch, seed):
+        """Fresh masks for `batch`, a pure function of `(batch, seed)`.
 
         Args:
-            ids: int64 `[b, s]` original ids; lengths: int64 `[b]`.
+            batch: dict of backend tensors: `input_ids`, `input_mask`,
+                `segment_ids` int `[b, s]`; `masked_lm_positions`,
+                `masked_lm_ids` int `[b, p]`; `masked_lm_weights` float
+                `[b, p]` (the stored masks, undone first); other keys
+                (`next_sentence_labels`) pass through. `s` and `p` must be
+                static; `p == max_predictions_per_seq`.
+            seed: int32 (or uint32) `[2]` tensor or pair of ints; equal
+                seeds give equal masks, on either backend.
+
+        Returns a new dict: `input_ids` with the chosen tokens replaced,
+        `masked_lm_positions` (ascending, then 0), `masked_lm_ids` (the
+        originals, then 0) and `masked_lm_weights` (1.0 per prediction,
+        then 0.0), each in its input dtype. No data-dependent shapes: safe
+        inside `jax.jit` and `tf.function`.
         """
-        seq = tf.shape(ids)[1]
-        position = tf.range(seq, dtype=tf.int64)[None, :]
-        selectable = (position < lengths[:, None]) & ~tf.gather(self._never, ids)
-        after_selectable = tf.pad(selectable[:, :-1], [[0, 0], [1, 0]])
-        # A `##` piece continues the word before it only if it touches it.
-        starts = selectable & ~(tf.gather(self._continuation, ids) & after_selectable)
-        word = tf.cumsum(tf.cast(starts, tf.int32), axis=1) - 1  # [b, s]
-        num_words = word[:, -1] + 1  # [b]
-        # Pieces per word, [b, s] (a row has at most s words).
-        word_length = tf.math.bincount(
-            tf.where(selectable, word, seq),
-            minlength=seq + 1,
-            axis=-1,
-            dtype=tf.int32,
-        )[:, :seq]
-        # A random order of each row's words (the others sort last).
-        has_word = tf.range(seq)[None, :] < num_words[:, None]
-        order = tf.argsort(
-            tf.where(has_word, tf.random.uniform(tf.shape(ids)), 2.0), axis=1
+        batch = dict(batch)
+        rule, vocab = self.rule, self.rule.vocab
+        seq = batch[features.INPUT_IDS].shape[1]
+        pred = batch[features.MASKED_LM_POSITIONS].shape[1]
+        if pred != self.max_predictions_per_seq:
+            raise ValueError(
+                f"masked_lm_positions has {pred} slots, the masker "
+                f"max_predictions_per_seq={self.max_predictions_per_seq}"
+            )
+        ids = ops.cast(restore_original_ids(batch), "int32")
+        column = ops.arange(seq, dtype="int32")[None, :]
+        lengths = ops.sum(ops.cast(batch[features.INPUT_MASK], "int32"), axis=1)
+        selectable = ops.logical_and(
+            column < lengths[:, None],
+            ops.logical_not(ops.take(vocab.never_chosen, ids)),
         )
-        lengths_in_order = tf.gather(word_length, order, batch_dims=1)
-        target = tf.minimum(
+        budget = ops.take(rule.budget_table(seq), lengths)  # [b] int32
+        # Hash counter per token: row * seq + column (dynamic batch size ok).
+        rows = ops.cumsum(ops.ones_like(ids[:, :1]), axis=0) - 1
+        counter = ops.cast(rows * seq + column, "uint32")
+        seed = ops.cast(ops.convert_to_tensor(seed), "uint32")
+
+        def bits(stream):
+            return _random_bits(seed, stream, counter)
+
+        if self.whole_word_mask:
+            chosen = self._choose_whole_words(
+                ids, selectable, budget, bits(_ORDER), column
+            )
+        else:
+            # Exactly min(budget, selectable) positions, uniformly: those
+            # with the smallest keys (unique, so the threshold is exact).
+            key = _order_keys(bits(_ORDER), selectable, column, seq)
+            smallest, _ = ops.top_k(-key, pred)  # -(p smallest keys), ascending
+            threshold = -ops.take_along_axis(smallest, budget[:, None] - 1, axis=1)
+            chosen = ops.logical_and(selectable, key <= threshold)
+
+        # 80/10/10, drawn for every token and applied where chosen.
+        draw = ops.cast(ops.right_shift(bits(_REPLACE), _u32(8)), "int32")
+        t_mask, t_keep = rule.replacement_thresholds(_REPLACEMENT_BITS)
+        num_random = len(vocab.random_ids)
+        scale = np.float32(num_random / 2.0**_REPLACEMENT_BITS)
+        index = ops.cast(ops.right_shift(bits(_RANDOM_ID), _u32(8)), "float32")
+        index = ops.minimum(ops.cast(ops.floor(index * scale), "int32"), num_random - 1)
+        replacement = ops.where(
+            draw < t_mask,
+            vocab.mask_id,
+            ops.where(draw < t_keep, ops.take(vocab.random_ids, index), ids),
+        )
+        masked = ops.where(chosen, replacement, ids)
+
+        # Chosen positions, ascending: the top p of (seq - column) where
+        # chosen (never more than p are chosen: the budget is capped at p).
+        score, position = ops.top_k(ops.where(chosen, seq - column, 0), pred)
+        real = score > 0
+        position = ops.where(real, position, 0)
+        original = ops.where(real, ops.take_along_axis(ids, position, axis=1), 0)
+
+        def like(name, value):
+            return ops.cast(value, batch[name].dtype)
+
+        batch[features.INPUT_IDS] = like(features.INPUT_IDS, masked)
+        batch[features.MASKED_LM_POSITIONS] = like(
+            features.MASKED_LM_POSITIONS, position
+        )
+        batch[features.MASKED_LM_IDS] = like(features.MASKED_LM_IDS, original)
+        batch[features.MASKED_LM_WEIGHTS] = like(features.MASKED_LM_WEIGHTS, real)
+        return batch
+
+    def _choose_whole_words(self, ids, selectable, budget, order_bits, column):
+        """bool `[b, s]`: the tokens the whole-word rule chooses.
+
+        Words are indexed by order of appearance (slot k = the row's k-th
+        word). The rule's pass over the words in random order, taking each
+        one that fits, takes the same words as: repeatedly take the next
+        word in that order (a key above the last taken one's) that fits
+        what is left; a word skipped once never fits later. Each take adds
+        at least one token, so `max_predictions_per_seq` rounds suffice.
+        """
+        seq = ids.shape[1]
+        continuation = ops.take(self.rule.vocab.continuation, ids)
+        before = ops.pad(selectable[:, :-1], [[0, 0], [1, 0]])
+        # A `##` piece continues the word before it only if it touches it.
+        start = ops.logical_and(
+            selectable, ops.logical_not(ops.logical_and(continuation, before))
+        )
+        after_start = ops.pad(start[:, 1:], [[0, 0], [0, 1]], constant_values=True)
+        after_selectable = ops.pad(selectable[:, 1:], [[0, 0], [0, 1]])
+        end = ops.logical_and(
+            selectable,
+            ops.logical_or(after_start, ops.logical_not(after_selectable)),
+        )
+        num_words = ops.sum(ops.cast(start, "int32"), axis=1)
+        first = ops.sort(ops.where(start, column, seq), axis=1)
+        last = ops.sort(ops.where(end, column, seq), axis=1)
+        is_word = column < num_words[:, None]  # word slots in use
+        word_length = ops.where(is_word, last - first + 1, 0)
+        key = _order_keys(order_bits, is_word, column, seq)
+        never = np.int32(np.iinfo(np.int32).max)
+
+        def take_next(_, state):
+            taken, last_key, used = state
+            fits = ops.logical_and(
+                ops.logical_and(is_word, key > last_key[:, None]),
+                word_length <= (budget - used)[:, None],
+            )
+            best = ops.min(ops.where(fits, key, never), axis=1)
+            pick = ops.logical_and(fits, key == best[:, None])  # one or none
+            used = used + ops.sum(ops.where(pick, word_length, 0), axis=1)
+            return ops.logical_or(taken, pick), best, used
+
+        taken, _, _ = ops.fori_loop(
+            0,
             self.max_predictions_per_seq,
-            tf.maximum(
-                1,
-                tf.cast(
-                    tf.round(tf.cast(lengths, tf.float32) * self.masked_lm_prob),
-                    tf.int32,
-                ),
+            take_next,
+            (
+                ops.zeros_like(is_word),
+                ops.full_like(budget, -1),
+                ops.zeros_like(budget),
             ),
         )
+        word = ops.maximum(ops.cumsum(ops.cast(start, "int32"), axis=1) - 1, 0)
+        return ops.logical_and(selectable, ops.take_along_axis(taken, word, axis=1))
 
-        # Take words in that order while they fit; skip one that overshoots.
-        def take(used, length):
-            fits = (length > 0) & (used + length <= target)
-            return used + tf.where(fits, length, 0), fits
 
-        longest = tf.reduce_max(num_words)
-        _, taken = tf.scan(
-            lambda state, length: take(state[0], length),
-            tf.transpose(lengths_in_order[:, :longest]),
-            initializer=(tf.zeros_like(target), tf.zeros_like(target, tf.bool)),
-        )
-        taken = tf.pad(tf.transpose(taken), [[0, 0], [0, seq - longest]])
-        chosen_word = tf.gather(taken, tf.argsort(order, axis=1), batch_dims=1)
-        return selectable & tf.gather(chosen_word, tf.maximum(word, 0), batch_dims=1)
+def _u32(value):
+    return ops.convert_to_tensor(np.uint32(value))
 
-    def _mask_whole_words(self, ids, lengths):
-        """(masked ids ragged `[b, (len)]`, positions, originals `[b, (n)]`)."""
-        chosen = self._choose_whole_words(ids, lengths)
-        grid = tf.broadcast_to(
-            tf.range(tf.shape(ids)[1], dtype=tf.int64)[None, :], tf.shape(ids)
-        )
-        positions = tf.ragged.boolean_mask(grid, chosen)  # ascending per row
-        originals = tf.ragged.boolean_mask(ids, chosen)
-        values = self.chooser.get_mask_values(originals)
-        masked = tf.tensor_scatter_nd_update(ids, tf.where(chosen), values.flat_values)
-        return (
-            tf.RaggedTensor.from_tensor(masked, lengths=lengths),
-            positions,
-            originals,
-        )
+
+def _mix(x):
+    """lowbias32: a uint32 -> uint32 bijection with near-ideal avalanche."""
+    x = ops.bitwise_xor(x, ops.right_shift(x, _u32(16)))
+    x = ops.multiply(x, _u32(0x7FEB352D))
+    x = ops.bitwise_xor(x, ops.right_shift(x, _u32(15)))
+    x = ops.multiply(x, _u32(0x846CA68B))
+    return ops.bitwise_xor(x, ops.right_shift(x, _u32(16)))
+
+
+def _random_bits(seed, stream, counter):
+    """uint32 bits, uniform and independent per `(seed, stream, counter)`.
+
+    Args:
+        seed: uint32 `[2]`; stream: small python int; counter: uint32
+            tensor (the element index). Same shape as `counter`.
+    """
+    golden = 0x9E3779B9  # 2**32 / phi: spreads the stream numbers
+    key = _mix(ops.add(seed[1], _u32((golden * (stream + 1)) % 2**32)))
+    key = _mix(ops.bitwise_xor(seed[0], key))
+    second = _mix(ops.add(key, _u32(golden)))
+    return _mix(ops.bitwise_xor(_mix(ops.add(counter, key)), second))
+
+
+def _order_keys(bits, valid, index, size):
+    """Unique non-negative int32 sort keys: random where `valid`, after all
+    of those where not; the low bits hold `index` (< `size`), so equal
+    random parts still differ."""
+    index_bits = max(1, (size - 1).bit_length())
+    random_bits = 30 - index_bits
+    noise = ops.cast(ops.right_shift(bits, _u32(32 - random_bits)), "int32")
+    return ops.where(valid, noise * (1 << index_bits) + index, (1 << 30) + index)

@@ -1,7 +1,15 @@
+"""`model.masking` on the TensorFlow backend: the `tf.data` map and the API.
+
+The rule's properties are checked for this masker (under TensorFlow and
+JAX) and for the data job by the same code: `tests/test_masking_rule.py`.
+"""
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from configs import features
+from configs.schema import DataConfig
 from model.masking import DynamicMasker, restore_original_ids
 from pretraining_records import make_examples, tiny_vocab
 
@@ -26,160 +34,53 @@ def _originals(batch):
 
 def test_restore_original_ids():
     batch = _batch()
-    np.testing.assert_array_equal(
-        restore_original_ids(batch).numpy(), _originals(batch)
-    )
+    restored = restore_original_ids(batch)
+    assert restored.dtype == batch["input_ids"].dtype
+    np.testing.assert_array_equal(restored.numpy(), _originals(batch))
 
 
-def test_fresh_masks_each_call_with_the_configured_rates():
-    vocab = tiny_vocab()
-    masker = DynamicMasker(vocab, max_predictions_per_seq=5, masked_lm_prob=0.15)
+def test_tf_data_map_keeps_shapes_and_dtypes_and_draws_fresh_masks():
+    examples = make_examples(64, seq=32, pred=5)
+    records = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    masker = DynamicMasker(tiny_vocab(), max_predictions_per_seq=5)
+    dataset = tf.data.Dataset.from_tensor_slices(records).repeat(2).batch(32)
+    plain = list(dataset)
+    masked = list(dataset.map(masker, num_parallel_calls=tf.data.AUTOTUNE))
+    for before, after in zip(plain, masked):
+        assert set(after) == set(before)
+        for name, value in before.items():
+            assert after[name].dtype == value.dtype, name
+            assert after[name].shape == value.shape, name
+        np.testing.assert_array_equal(
+            restore_original_ids(after).numpy(), _originals(before)
+        )
+        np.testing.assert_array_equal(
+            after["next_sentence_labels"], before["next_sentence_labels"]
+        )
+    # The same records, seen again: new masks.
+    first = masked[0]["masked_lm_positions"].numpy()
+    assert not np.array_equal(first, masked[2]["masked_lm_positions"].numpy())
+
+
+def test_mask_is_a_pure_function_of_batch_and_seed():
     batch = _batch()
-    original = _originals(batch)
-    first, second = masker(batch), masker(batch)
-    # Different positions from one call to the next ...
-    assert not np.array_equal(
-        first["masked_lm_positions"].numpy(), second["masked_lm_positions"].numpy()
+    masker = DynamicMasker.from_config(
+        tiny_vocab(), DataConfig(max_predictions_per_seq=5, whole_word_mask=True)
     )
-    for out in (first, second):
-        ids = out["input_ids"].numpy()
-        pos = out["masked_lm_positions"].numpy()
-        w = out["masked_lm_weights"].numpy()
-        lengths = batch["input_mask"].numpy().sum(1)
-        for row in range(len(ids)):
-            chosen = pos[row][w[row] > 0]
-            # ... the same rate: ceil(15% of the selectable tokens), capped.
-            selectable = lengths[row] - 3  # minus [CLS] and two [SEP]
-            assert len(chosen) == min(5, int(np.ceil(0.15 * selectable)))
-            assert len(set(chosen)) == len(chosen)
-            # [CLS], [SEP] and padding are never chosen.
-            assert all(original[row, p] not in (0, 2, 3) for p in chosen)
-            # labels are the originals; unchosen tokens are untouched.
-            np.testing.assert_array_equal(
-                out["masked_lm_ids"].numpy()[row][w[row] > 0], original[row, chosen]
-            )
-            others = np.setdiff1d(np.arange(len(ids[row])), chosen)
-            np.testing.assert_array_equal(ids[row, others], original[row, others])
-        assert out["input_ids"].dtype == batch["input_ids"].dtype
-        assert out["masked_lm_weights"].dtype == tf.float32
+    one = masker.mask(batch, tf.constant([3, 9], tf.int32))
+    again = masker.mask(batch, np.array([3, 9], np.int32))
+    other = masker.mask(batch, (3, 10))
+    for name in one:
+        np.testing.assert_array_equal(one[name], again[name])
+    assert not np.array_equal(one["input_ids"], other["input_ids"])
+    # Inside a compiled function too (static shapes, no ragged tensors).
+    compiled = tf.function(masker.mask, jit_compile=True)
+    out = compiled(batch, tf.constant([3, 9], tf.int32))
+    for name in one:
+        np.testing.assert_array_equal(one[name], out[name])
 
 
-def test_degenerate_rates_are_exact():
-    vocab = tiny_vocab()
-    batch = _batch()
-    all_mask = DynamicMasker(
-        vocab, max_predictions_per_seq=5, mask_token_prob=1.0, random_token_prob=0.0
-    )(batch)
-    pos, w = (
-        all_mask["masked_lm_positions"].numpy(),
-        all_mask["masked_lm_weights"].numpy(),
-    )
-    ids = all_mask["input_ids"].numpy()
-    assert all((ids[r, pos[r][w[r] > 0]] == 4).all() for r in range(len(ids)))
-    random = DynamicMasker(
-        vocab, max_predictions_per_seq=5, mask_token_prob=0.0, random_token_prob=1.0
-    )(batch)
-    pos, w = random["masked_lm_positions"].numpy(), random["masked_lm_weights"].numpy()
-    ids = random["input_ids"].numpy()
-    drawn = np.concatenate([ids[r, pos[r][w[r] > 0]] for r in range(len(ids))])
-    # Random replacements are ordinary tokens, never [PAD]/[CLS]/[MASK]/...
-    assert (drawn >= 6).all()
-
-
-# === Whole-word masking ===
-def _wwm_vocab():
-    """tiny_vocab with every third ordinary token a `##` piece."""
-    vocab = tiny_vocab()
-    return [
-        t if features.is_special_token(t) or i % 3 else f"##{t}"
-        for i, t in enumerate(vocab)
-    ]
-
-
-def _words(ids, length, vocab):
-    """Lists of positions, one per word, by the data job's rule."""
-    never = {features.PAD, features.UNK, features.CLS, features.SEP, features.MASK}
-    words = []
-    for i in range(length):
-        token = vocab[ids[i]]
-        if token in never:
-            continue
-        if words and token.startswith("##") and words[-1][-1] == i - 1:
-            words[-1].append(i)
-        else:
-            words.append([i])
-    return words
-
-
-def test_whole_word_masks_choose_whole_words_within_the_budget():
-    vocab = _wwm_vocab()
-    pred = 8
-    batch = _batch(num=64, seq=48, pred=pred)
-    original = _originals(batch)
-    lengths = batch["input_mask"].numpy().sum(1)
-    masker = DynamicMasker(
-        vocab, max_predictions_per_seq=pred, masked_lm_prob=0.15, whole_word_mask=True
-    )
-    counts, targets = [], []
-    replaced = {"mask": 0, "random": 0, "kept": 0}
-    for _ in range(20):
-        out = masker(batch)
-        ids = out["input_ids"].numpy()
-        pos, w = out["masked_lm_positions"].numpy(), out["masked_lm_weights"].numpy()
-        labels = out["masked_lm_ids"].numpy()
-        for row in range(len(ids)):
-            chosen = pos[row][w[row] > 0]
-            target = min(pred, max(1, int(round(lengths[row] * 0.15))))
-            assert len(chosen) <= target
-            counts.append(len(chosen))
-            targets.append(target)
-            # Sorted, unique, never a special token or padding.
-            assert (np.diff(chosen) > 0).all()
-            assert all(
-                not features.is_special_token(vocab[original[row, p]]) for p in chosen
-            )
-            # Whole words only: each word is chosen entirely or not at all.
-            chosen_set = set(chosen.tolist())
-            for word in _words(original[row], lengths[row], vocab):
-                assert set(word) <= chosen_set or not set(word) & chosen_set
-            # Originals are the labels; unchosen tokens are untouched.
-            np.testing.assert_array_equal(
-                labels[row][w[row] > 0], original[row, chosen]
-            )
-            others = np.setdiff1d(np.arange(ids.shape[1]), chosen)
-            np.testing.assert_array_equal(ids[row, others], original[row, others])
-            new = ids[row, chosen]
-            replaced["mask"] += int((new == 4).sum())
-            replaced["kept"] += int((new == original[row, chosen]).sum())
-            replaced["random"] += int(
-                ((new != 4) & (new != original[row, chosen])).sum()
-            )
-    # Skipping words that overshoot fills nearly the whole budget.
-    assert np.mean(counts) >= 0.9 * np.mean(targets)
-    total = sum(replaced.values())
-    # 80/10/10 (a random draw may equal the original: "kept" is a bit over).
-    assert abs(replaced["mask"] / total - 0.8) < 0.03
-    assert abs(replaced["random"] / total - 0.1) < 0.03
-    assert abs(replaced["kept"] / total - 0.1) < 0.03
-
-
-def test_whole_word_masks_differ_per_call_and_cover_every_word():
-    vocab = _wwm_vocab()
-    batch = _batch(num=4, seq=32, pred=5)
-    original = _originals(batch)
-    masker = DynamicMasker(vocab, max_predictions_per_seq=5, whole_word_mask=True)
-    seen = [set() for _ in range(4)]
-    for _ in range(200):
-        out = masker(batch)
-        pos, w = out["masked_lm_positions"].numpy(), out["masked_lm_weights"].numpy()
-        for row in range(4):
-            seen[row] |= set(pos[row][w[row] > 0].tolist())
-    lengths = batch["input_mask"].numpy().sum(1)
-    for row in range(4):
-        # Over many calls every word that fits the budget gets chosen.
-        fits = [
-            word
-            for word in _words(original[row], lengths[row], vocab)
-            if len(word) <= min(5, max(1, int(round(lengths[row] * 0.15))))
-        ]
-        assert set().union(*map(set, fits)) <= seen[row]
+def test_slot_count_must_match():
+    masker = DynamicMasker(tiny_vocab(), max_predictions_per_seq=6)
+    with pytest.raises(ValueError, match="max_predictions_per_seq=6"):
+        masker.mask(_batch(pred=5), (0, 0))
