@@ -127,15 +127,30 @@ def resolve_config(args):
 def check_data(cfg, data):
     """Checks records against the config; returns (cfg, files, meta, vocab).
 
-    Raises ConfigError / ValueError with one line on any mismatch. Records
-    without metadata.json are accepted with a notice; their lengths are
-    then read from the first record and put into the config.
+    Raises ConfigError / ValueError with one line on any mismatch, before
+    anything is built. Records without metadata.json are accepted with a
+    notice (reference records: google-research/bert's scripts); their
+    lengths are then read from the first record and put into the config.
+    A directory of the data job's own shards without metadata.json is
+    refused: the job that wrote them did not finish (metadata.json is its
+    commit marker), so a shard may be cut short. The first record of every
+    file is then read (`data.check_records`): no records at all, damaged
+    files, compression unlike the file name and records of other lengths
+    stop here, naming the file. TensorFlow-free for local paths.
     """
     from model import data as data_lib
 
     files = data_lib.list_record_files(data)
     data_dir = data if _isdir(data) else os.path.dirname(files[0])
     meta = read_metadata(data_dir)
+    if meta is None:
+        ours = [f for f in files if data_lib.is_data_job_shard(f)]
+        if ours:
+            raise ConfigError(
+                f"{data_dir} holds data-job shards ({os.path.basename(ours[0])}"
+                f", ...) but no {features.METADATA_FILE}: the job that wrote "
+                "them did not finish; rerun it (with --overwrite)"
+            )
     vocab_path = _find_vocab(cfg, data_dir, meta)
     vocab_sha = features.vocab_sha256(vocab_path) if cfg.data.vocab_file else None
     if meta is not None:
@@ -149,7 +164,7 @@ def check_data(cfg, data):
             max_sequence_length=cfg.model.max_sequence_length,
         )
     else:
-        seq, pred = data_lib.read_record_lengths(files[0])
+        seq, pred = data_lib.first_record_lengths(files)
         print(
             f"note: no {features.METADATA_FILE} in {data_dir}: lengths read "
             f"from the records (max_seq_length={seq}, "
@@ -161,6 +176,9 @@ def check_data(cfg, data):
                 cfg.data, max_seq_length=seq, max_predictions_per_seq=pred
             )
         ).validate()
+    data_lib.check_records(
+        files, cfg.data.max_seq_length, cfg.data.max_predictions_per_seq
+    )
     vocab = None
     if cfg.pretrain.masking == "dynamic":
         if vocab_path is None:
@@ -183,19 +201,15 @@ def check_data(cfg, data):
 
 
 def _isdir(path):
-    import tensorflow as tf
-
-    return tf.io.gfile.isdir(path)
+    return fileio.isdir(path)
 
 
 def _find_vocab(cfg, data_dir, meta):
-    import tensorflow as tf
-
     candidates = [cfg.data.vocab_file, os.path.join(data_dir, "vocab.txt")]
     if meta:
         candidates += [meta.get("vocab_file", ""), meta.get("vocab", "")]
     for path in candidates:
-        if path and isinstance(path, str) and tf.io.gfile.exists(path):
+        if path and isinstance(path, str) and fileio.exists(path):
             return path
     if cfg.data.vocab_file:
         raise ConfigError(f"data.vocab_file {cfg.data.vocab_file} not found")

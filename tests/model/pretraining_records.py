@@ -60,19 +60,32 @@ def write_records(
     vocab_size=TINY_VOCAB_SIZE,
     metadata=True,
     seed=0,
+    compression=None,
 ):
-    """Writes `num` records over `num_shards` files (+ metadata.json, vocab.txt)."""
+    """Writes `num` records over `num_shards` files (+ metadata.json, vocab.txt).
+
+    With metadata (the data job's output) the files are named as the data
+    job names its shards (`pretraining-SSSSS-of-NNNNN.tfrecord`); without,
+    as reference records (`reference-SSSSS.tfrecord`, google-research/bert's
+    scripts take any name). `compression="GZIP"` writes `*.tfrecord.gz`.
+    """
     import tensorflow as tf
 
     directory = str(directory)
     tf.io.gfile.makedirs(directory)
     examples = make_examples(num, seq, pred, vocab_size, seed)
-    writers = [
-        tf.io.TFRecordWriter(
-            f"{directory}/pretraining-{i:05d}-of-{num_shards:05d}.tfrecord"
+    suffix = ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
+    names = [
+        (
+            f"pretraining-{i:05d}-of-{num_shards:05d}"
+            if metadata
+            else f"reference-{i:05d}"
         )
+        + suffix
         for i in range(num_shards)
     ]
+    options = tf.io.TFRecordOptions(compression_type=compression or "")
+    writers = [tf.io.TFRecordWriter(f"{directory}/{name}", options) for name in names]
     for i, ex in enumerate(examples):
         feats = {}
         for name, value in ex.items():
