@@ -38,6 +38,7 @@ setuptools.setup(
             "bert-finetune=model.finetune:main",
             "bert-export=model.export:main",
             "bert-predict=model.predict:main",
+            "bert-batch-predict=pipelines.batch_predict:main",
         ]
     },
 )

@@ -31,6 +31,7 @@ BAD_REASONS = (
     BAD_MISSING_LABEL,
     BAD_UNKNOWN_LABEL,
 )
+TEXT_FORMAT = "text"  # plain text: each line is one text (parse_record)
 
 
 def detect_format(path: str) -> str:
@@ -80,13 +81,62 @@ def parse_row(
         `("bad", reason)` with a reason from `BAD_REASONS`, or
         `("blank", None)` for an empty line.
     """
+    status, value = parse_record(
+        line,
+        fmt=fmt,
+        columns=columns,
+        text_column=text_column,
+        text_b_column=text_b_column,
+        label_column=label_column,
+    )
+    if status != "ok":
+        return status, value
+    _, text_a, text_b, label = value
+    if not label:
+        return "bad", BAD_MISSING_LABEL
+    return "ok", (text_a, text_b, label)
+
+
+def parse_record(
+    line: bytes,
+    *,
+    fmt: str,
+    columns: list[str],
+    text_column: str,
+    text_b_column: str = "",
+    label_column: str = "",
+):
+    """Parses one raw line into its fields, its text and its label (if any).
+
+    The general form of `parse_row`, for readers that keep every field of
+    a row (`pipelines.batch_predict` writes them next to its predictions)
+    and for unlabelled rows: with `label_column=""` no label is read.
+
+    Args:
+        line: bytes of one line, without its newline.
+        fmt: "tsv", "csv", "jsonl" or "text" (the whole line is the text,
+            its one field named `text_column`).
+        columns: header names (TSV/CSV; ignored otherwise).
+        text_column, text_b_column, label_column: field names (empty
+            `text_b_column`/`label_column`: none).
+
+    Returns:
+        `("ok", (fields, text_a, text_b, label))`: `fields` is a dict of
+        the row's fields in file order (TSV/CSV values are `str`; JSONL
+        values as decoded), `text_a: str`, `text_b: str | None`, `label:
+        str` (`""` when the row has none; `None` with `label_column=""`);
+        `("bad", reason)` with a reason from `BAD_REASONS`; or
+        `("blank", None)` for an empty line.
+    """
     try:
         text = line.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError:
         return "bad", BAD_UNDECODABLE
     if not text.strip():
         return "blank", None
-    if fmt == "jsonl":
+    if fmt == TEXT_FORMAT:
+        record = {text_column: text}
+    elif fmt == "jsonl":
         try:
             record = json.loads(text)
         except ValueError:
@@ -112,12 +162,18 @@ def parse_row(
 
     text_a = field(text_column)
     text_b = field(text_b_column) if text_b_column else None
-    label = field(label_column)
+    label = field(label_column) if label_column else None
     if not text_a or (text_b_column and not text_b):
         return "bad", BAD_MISSING_TEXT
-    if not label:
-        return "bad", BAD_MISSING_LABEL
-    return "ok", (text_a, text_b, label)
+    return "ok", (record, text_a, text_b, label)
+
+
+def detect_input_format(path: str) -> str:
+    """`detect_format`, with "text" (one text per line) for other names."""
+    try:
+        return detect_format(path)
+    except ConfigError:
+        return TEXT_FORMAT
 
 
 def sort_labels(labels) -> list[str]:
