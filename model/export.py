@@ -26,7 +26,7 @@ import json
 import os
 import sys
 
-from configs import features
+from configs import features, fileio
 from configs.loader import load_resolved
 from configs.schema import ConfigError
 
@@ -88,22 +88,17 @@ def export_classifier(
     archive.add_endpoint(TOKENIZE_SIGNATURE, tokenize, input_signature=[text_spec])
     archive.write_out(export_dir, verbose=False)
 
-    extra = os.path.join(export_dir, "assets.extra")
-    tf.io.gfile.makedirs(extra)
-    with tf.io.gfile.GFile(os.path.join(extra, LABELS_FILE), "w") as f:
-        f.write(
-            json.dumps(
-                {
-                    "labels": list(labels),
-                    "label_names": list(label_names),
-                    "max_seq_length": max_seq_length,
-                    "do_lower_case": do_lower_case,
-                },
-                indent=2,
-            )
-        )
-    with tf.io.gfile.GFile(os.path.join(extra, "vocab.txt"), "w") as f:
-        f.write("\n".join(vocab) + "\n")
+    extra = fileio.join(export_dir, "assets.extra")
+    fileio.makedirs(extra)
+    fileio.write_atomic(fileio.join(extra, "vocab.txt"), "\n".join(vocab) + "\n")
+    info = {
+        "labels": list(labels),
+        "label_names": list(label_names),
+        "max_seq_length": max_seq_length,
+        "do_lower_case": do_lower_case,
+    }
+    # Last: model.predict reads the label names from it.
+    fileio.write_atomic(fileio.join(extra, LABELS_FILE), json.dumps(info, indent=2))
     return export_dir
 
 
@@ -117,27 +112,31 @@ def load_finetuned(model_dir: str):
     from model.bert_classifier import BertClassifier
     from model.finetune import BEST_WEIGHTS_FILE
 
+    if not fileio.isdir(model_dir):
+        raise ConfigError(f"--model_dir {model_dir} is not a directory")
     cfg = load_resolved(model_dir)
-    weights = os.path.join(model_dir, BEST_WEIGHTS_FILE)
-    if not os.path.exists(weights):
+    weights = fileio.join(model_dir, BEST_WEIGHTS_FILE)
+    if not fileio.exists(weights):
         raise ConfigError(f"{model_dir} has no {BEST_WEIGHTS_FILE}: fine-tune first")
     if not cfg.finetune.labels:
         raise ConfigError(f"{model_dir}/config.yaml lists no finetune.labels")
     vocab_path = cfg.data.vocab_file
-    if not os.path.isabs(vocab_path) and "://" not in vocab_path:
-        vocab_path = os.path.join(model_dir, vocab_path)
+    if not os.path.isabs(vocab_path) and not fileio.is_remote(vocab_path):
+        vocab_path = fileio.join(model_dir, vocab_path)
+    if not fileio.exists(vocab_path):
+        raise ConfigError(f"{model_dir}: vocabulary {vocab_path} does not exist")
     vocab = features.read_vocab(vocab_path)
     backbone = BertBackbone.from_model_config(cfg.model)
     classifier = BertClassifier(
         backbone, len(cfg.finetune.labels), dropout=cfg.finetune.dropout
     )
-    classifier.load_weights(weights)
+    classifier.load_weights(weights)  # Keras copies remote files itself
     return classifier, cfg, vocab
 
 
 def run(argv=None) -> str:
     """Exports `--model_dir`'s best weights to `--export_dir`; returns it."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m model.export",
         allow_abbrev=False,
         description="Fine-tuned model_dir -> raw-string SavedModel.",
@@ -150,6 +149,10 @@ def run(argv=None) -> str:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         raise ConfigError(f"unknown flag(s): {' '.join(unknown)}")
+    if fileio.isfile(args.export_dir):
+        raise ConfigError(f"--export_dir {args.export_dir} is a file")
+    if fileio.same_path(args.export_dir, args.model_dir):
+        raise ConfigError("--export_dir must not be the --model_dir")
     classifier, cfg, vocab = load_finetuned(args.model_dir)
     max_seq_length = args.max_seq_length or cfg.export.max_seq_length
     if not 8 <= max_seq_length <= cfg.model.max_sequence_length:
@@ -174,11 +177,18 @@ def run(argv=None) -> str:
     return args.export_dir
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + error
+        raise ConfigError(message)
+
+
 def main(argv=None):
+    """Bad flags, paths and configs: one `error:` line, exit 2, before any work."""
     try:
         run(argv)
     except ConfigError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

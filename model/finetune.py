@@ -32,6 +32,16 @@ with seeds `seed..seed+N-1` (in `model_dir/seed_K/`) and reports mean ± std
 `model_dir` then holds what `model.export` needs: `config.yaml` (labels,
 casing, sequence length, model sizes), `vocab.txt`, `best.weights.h5`,
 plus `eval_metrics.json`, `metrics.jsonl` and `dead_letter_{train,eval}.jsonl`.
+Every path may be local or remote (`gs://`, `ram://`; `configs.fileio`).
+
+Bad rows are set aside into the dead-letter files and counted; more than
+`--max_bad_fraction` (default 10%) of a file's rows bad stops the run with
+one line naming the setting to change (`finetune.labels` when the labels
+are the problem). Every flag, path, config and data problem is one
+`error:` line, exit 2, before training starts.
+
+`run` reads top to bottom: resolve the config -> prepare the data
+(`text_data.prepare_data`) -> per seed: build, train, evaluate -> write.
 """
 
 from __future__ import annotations
@@ -41,16 +51,15 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
 import time
 
+import keras
 import numpy as np
 
-from configs import features, labelled_text
+from configs import features, fileio
 from configs.loader import RESOLVED_CONFIG_FILE, dump_config, load_config
 from configs.loader import load_resolved
-from configs.metadata import check_compatible
 from configs.schema import ConfigError
 
 BEST_WEIGHTS_FILE = "best.weights.h5"
@@ -61,31 +70,50 @@ EVAL_BATCH_SIZE = 256
 
 
 # === Flags and config ===
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + error
+        raise ConfigError(message)
+
+
 def _parse_flags(argv):
-    parser = argparse.ArgumentParser(
+    from model.text_data import DEFAULT_MAX_BAD_FRACTION
+
+    parser = _Parser(
         prog="python -m model.finetune",
         allow_abbrev=False,
         description="Fine-tune BERT for sentence classification.",
     )
-    parser.add_argument("--config", action="append", default=[], help="YAML file")
-    parser.add_argument("--train", required=True, help="file or records dir")
-    parser.add_argument("--eval", required=True, help="file or records dir")
-    parser.add_argument("--model_dir", required=True)
-    parser.add_argument("--init_checkpoint", default="")
-    parser.add_argument("--vocab", default="", help="default: the checkpoint's")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch_size", type=int)
-    parser.add_argument("--learning_rate", type=float)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--seeds", type=int)
-    parser.add_argument("--max_steps", type=int)
-    parser.add_argument(
-        "--set", action="append", default=[], help="section.key=value override"
+    add = parser.add_argument
+    add("--config", action="append", default=[], help="YAML file")
+    add("--train", required=True, help="file or records dir")
+    add("--eval", required=True, help="file or records dir")
+    add("--model_dir", required=True)
+    add("--init_checkpoint", default="")
+    add("--vocab", default="", help="default: the checkpoint's")
+    add("--epochs", type=int)
+    add("--batch_size", type=int)
+    add("--learning_rate", type=float)
+    add("--seed", type=int)
+    add("--seeds", type=int)
+    add("--max_steps", type=int)
+    add(
+        "--max_bad_fraction",
+        type=float,
+        default=DEFAULT_MAX_BAD_FRACTION,
+        help="stop when more than this fraction of a file's rows is bad "
+        f"(default {DEFAULT_MAX_BAD_FRACTION}); 1 accepts any number",
     )
-    parser.add_argument("--quiet", action="store_true", help="no per-step lines")
+    add("--set", action="append", default=[], help="section.key=value override")
+    add("--quiet", action="store_true", help="no per-step lines")
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         raise ConfigError(f"unknown flag(s): {' '.join(unknown)}")
+    if not 0 <= args.max_bad_fraction <= 1:
+        raise ConfigError(
+            f"--max_bad_fraction must be in [0, 1], got {args.max_bad_fraction}"
+        )
+    if fileio.isfile(args.model_dir):
+        raise ConfigError(f"--model_dir {args.model_dir} is a file, not a directory")
     overrides = [
         f"finetune.{name}={getattr(args, name)}"
         for name in ("epochs", "batch_size", "learning_rate", "seed", "seeds")
@@ -105,19 +133,19 @@ class _Init:
 
 
 def _resolve_init(path: str) -> _Init:
+    if not path:
+        return _Init("random")
+    if fileio.exists(fileio.join(path, RESOLVED_CONFIG_FILE)):
+        return _Init("ours", path, _first_existing(path, VOCAB_FILE))
     import tensorflow as tf
 
     from model import checkpoint_conversion
 
-    if not path:
-        return _Init("random")
-    if tf.io.gfile.exists(os.path.join(path, RESOLVED_CONFIG_FILE)):
-        return _Init("ours", path, _first_existing(path, VOCAB_FILE))
     prefix = path
-    if tf.io.gfile.isdir(path):
+    if fileio.isdir(path):
         prefix = tf.train.latest_checkpoint(path) or ""
         if not prefix:
-            index = tf.io.gfile.glob(os.path.join(path, "*.ckpt.index"))
+            index = fileio.glob(fileio.join(path, "*.ckpt.index"))
             prefix = index[0][: -len(".index")] if index else ""
     if prefix and checkpoint_conversion.is_google_checkpoint(prefix):
         return _Init(
@@ -130,10 +158,8 @@ def _resolve_init(path: str) -> _Init:
 
 
 def _first_existing(directory, name):
-    import tensorflow as tf
-
-    path = os.path.join(directory, name)
-    return path if tf.io.gfile.exists(path) else ""
+    path = fileio.join(directory, name)
+    return path if fileio.exists(path) else ""
 
 
 def resolve_config(args, overrides):
@@ -145,7 +171,7 @@ def resolve_config(args, overrides):
         ckpt = load_resolved(init.path)
         # The data section (casing, vocabulary) describes the same records.
         cfg = cfg.replace(model=ckpt.model, data=ckpt.data)
-        print(f"model config from {os.path.join(init.path, RESOLVED_CONFIG_FILE)}")
+        print(f"model config from {fileio.join(init.path, RESOLVED_CONFIG_FILE)}")
     elif init.kind == "google":
         from model import checkpoint_conversion
 
@@ -154,16 +180,14 @@ def resolve_config(args, overrides):
         )
     vocab_path = args.vocab or init.vocab or cfg.data.vocab_file
     if init.kind == "ours" and not args.vocab and not init.vocab and vocab_path:
-        if not os.path.isabs(vocab_path) and "://" not in vocab_path:
-            beside = os.path.join(init.path, vocab_path)
-            vocab_path = beside if os.path.exists(beside) else vocab_path
+        if not os.path.isabs(vocab_path) and not fileio.is_remote(vocab_path):
+            beside = fileio.join(init.path, vocab_path)
+            vocab_path = beside if fileio.exists(beside) else vocab_path
     if not vocab_path:
         raise ConfigError(
             "no vocabulary: pass --vocab=FILE (or an --init_checkpoint with one)"
         )
-    import tensorflow as tf
-
-    if not tf.io.gfile.exists(vocab_path):
+    if not fileio.isfile(vocab_path):
         raise ConfigError(f"vocabulary {vocab_path} does not exist")
     vocab = features.read_vocab(vocab_path)
     features.special_token_ids(vocab)
@@ -181,128 +205,44 @@ def resolve_config(args, overrides):
     return cfg.validate(), init, vocab, vocab_path
 
 
-# === Data ===
-@dataclasses.dataclass
-class _Split:
-    """One of train/eval, before label ids are fixed."""
+def resolve_precision(precision, hidden_dim):
+    """`finetune.precision` -> a Keras dtype policy name ("auto" resolved).
 
-    path: str
-    rows: object = None  # text_data.LabelledRows for raw files
-    dataset: object = None  # tf.data for records
-    meta: dict | None = None
-    num_examples: int = 0
-
-
-def _open_split(path, cfg, vocab_path, role):
-    from model import text_data
-
-    if text_data.is_records_dir(path):
-        ds, meta = text_data.read_records(path)
-        if meta is not None:
-            check_compatible(
-                meta,
-                kind="classification",
-                max_seq_length=cfg.finetune.max_seq_length,
-                vocabulary_size=cfg.model.vocabulary_size,
-                vocab_sha256=features.vocab_sha256(vocab_path),
-                max_sequence_length=cfg.model.max_sequence_length,
-            )
-            if meta.get("do_lower_case", cfg.data.do_lower_case) != (
-                cfg.data.do_lower_case
-            ):
-                raise ConfigError(
-                    f"{path}: records were made with do_lower_case="
-                    f"{meta['do_lower_case']}, the model uses "
-                    f"{cfg.data.do_lower_case}"
-                )
-            n = meta["num_examples"]
-        else:
-            n = text_data.count_records(ds)
-        if n == 0:
-            raise ConfigError(f"{role} {path}: no usable rows")
-        return _Split(path, dataset=ds, meta=meta, num_examples=n)
-    rows = text_data.read_labelled_file(
-        path,
-        text_column=cfg.finetune.text_column,
-        text_b_column=cfg.finetune.text_b_column,
-        label_column=cfg.finetune.label_column,
-    )
-    return _Split(path, rows=rows, num_examples=len(rows))
-
-
-def _labels_of(split):
-    if split.rows is not None:
-        return set(split.rows.labels)
-    if split.meta is not None:
-        return set(split.meta["labels"])
-    return None  # records without metadata: ids only
-
-
-def prepare_data(cfg, train_path, eval_path, vocab, vocab_path, model_dir):
-    """Reads both splits; returns (train_ds, eval_ds, labels, n_train, n_eval).
-
-    Datasets yield unbatched `(features, label_id)`. Bad rows go to
-    `model_dir/dead_letter_{train,eval}.jsonl`, their count is printed.
+    The same choice as pretraining (`training.choose_fast_path`): bfloat16
+    on GPUs/TPUs and on CPUs with bf16 instructions, else float32. Whole-step
+    XLA stays off: compile time dominates short fine-tuning runs.
     """
-    from model import text_data
+    from model import training
+    from model.strategy import device_kind
 
-    train = _open_split(train_path, cfg, vocab_path, "--train")
-    evaluation = _open_split(eval_path, cfg, vocab_path, "--eval")
-    configured = list(cfg.finetune.labels)
-    record_labels = [s.meta["labels"] for s in (train, evaluation) if s.meta]
-    if record_labels:
-        labels = list(record_labels[0])
-        if configured and configured != labels:
-            raise ConfigError(
-                f"records have labels {labels}, the config says {configured}"
-            )
-    else:
-        labels = configured
-    for split in (train, evaluation):
-        if split.rows is not None and labels:
-            split.rows.drop_unknown_labels(labels)
-    if not labels and train.rows is not None:
-        labels = labelled_text.sort_labels(train.rows.labels)
-    # Bad rows: dead-letter file + count; no usable row is an error.
-    for split, role in ((train, "train"), (evaluation, "eval")):
-        if split.rows is None:
-            continue
-        dead_letter = os.path.join(model_dir, f"dead_letter_{role}.jsonl")
-        text_data.write_dead_letter(dead_letter, split.rows.bad)
-        bad = len(split.rows.bad)
-        print(
-            f"{role}: {len(split.rows)} usable rows from {split.path}"
-            + (f", {bad} bad row(s) -> {dead_letter}" if bad else ", 0 bad rows")
+    policy, _ = training.choose_fast_path(
+        precision, "false", hidden_dim, device_kind(), 1
+    )
+    return policy
+
+
+def _recorded_config(cfg, labels):
+    """`cfg` with the precision resolved, and the config written beside the
+    model: what export needs (labels, casing, lengths, the vocab's name)."""
+    cfg = cfg.replace(
+        finetune=dataclasses.replace(
+            cfg.finetune,
+            precision=resolve_precision(cfg.finetune.precision, cfg.model.hidden_dim),
         )
-        if len(split.rows) == 0:
-            raise ConfigError(
-                f"{split.path}: no usable rows ({bad} bad, see {dead_letter})"
-            )
-        split.num_examples = len(split.rows)
-    train_labels, eval_labels = _labels_of(train), _labels_of(evaluation)
-    if train_labels is not None and eval_labels is not None:
-        if train_labels != eval_labels:
-            raise ConfigError(
-                "label sets differ between train "
-                f"({', '.join(labelled_text.sort_labels(train_labels))}) and eval "
-                f"({', '.join(labelled_text.sort_labels(eval_labels))})"
-            )
-    packer = None
-    datasets = []
-    for split in (train, evaluation):
-        if split.rows is None:
-            datasets.append(split.dataset)
-            continue
-        if packer is None:
-            packer = text_data.TextPacker(
-                vocab, cfg.data.do_lower_case, cfg.finetune.max_seq_length
-            )
-        index = {value: i for i, value in enumerate(labels)}
-        ids = [index[v] for v in split.rows.labels]
-        datasets.append(text_data.tokenized_dataset(split.rows, ids, packer))
-    if not labels:
-        raise ConfigError("records carry no metadata: set finetune.labels")
-    return datasets[0], datasets[1], labels, train.num_examples, evaluation.num_examples
+    )
+    label_names = tuple(cfg.export.label_names)
+    if len(label_names) != len(labels):
+        label_names = ()
+    recorded = cfg.replace(
+        finetune=dataclasses.replace(cfg.finetune, labels=tuple(labels)),
+        data=dataclasses.replace(cfg.data, vocab_file=VOCAB_FILE),
+        export=dataclasses.replace(
+            cfg.export,
+            max_seq_length=cfg.finetune.max_seq_length,
+            label_names=label_names,
+        ),
+    )
+    return cfg, recorded
 
 
 # === Metrics ===
@@ -331,92 +271,96 @@ def mean_std(values) -> tuple[float, float]:
     return float(values.mean()), std
 
 
+class _MetricsLog:
+    """`metrics.jsonl` of one run, rewritten whole (atomically) on each
+    entry: remote filesystems cannot append, and the log stays small."""
+
+    def __init__(self, path):
+        self.path = path
+        self._lines = []
+
+    def write(self, entry: dict) -> None:
+        self._lines.append(json.dumps(entry) + "\n")
+        fileio.write_atomic(self.path, "".join(self._lines))
+
+
 # === Training ===
-def _make_callbacks(eval_ds, eval_labels, num_classes, run_dir, log_every, quiet):
-    import keras
+class _EvaluateEachEpoch(keras.callbacks.Callback):
+    """Accuracy + macro-F1 on eval after every epoch; keeps the best weights.
 
-    class EvaluateEachEpoch(keras.callbacks.Callback):
-        """Accuracy + macro-F1 on eval after every epoch; keeps the best."""
-
-        def __init__(self):
-            super().__init__()
-            self.history = []
-            self.best = None
-
-        def on_epoch_end(self, epoch, logs=None):
-            # predict_on_batch: no iterator warnings for a finite dataset.
-            logits = np.concatenate(
-                [self.model.predict_on_batch(x) for x, _ in eval_ds]
-            )
-            metrics = classification_metrics(
-                eval_labels, np.argmax(logits, axis=-1), num_classes
-            )
-            metrics.update(epoch=epoch + 1, train_loss=float(logs.get("loss", 0)))
-            self.history.append(metrics)
-            improved = self.best is None or metrics["accuracy"] > self.best["accuracy"]
-            if improved:
-                self.best = dict(metrics)
-                self.model.save_weights(os.path.join(run_dir, BEST_WEIGHTS_FILE))
-            with open(os.path.join(run_dir, METRICS_LOG_FILE), "a") as f:
-                f.write(json.dumps({"kind": "eval", **metrics}) + "\n")
-            print(
-                f"  epoch {epoch + 1}: train loss {metrics['train_loss']:.4f}, "
-                f"eval accuracy {metrics['accuracy']:.4f}, "
-                f"macro-F1 {metrics['macro_f1']:.4f}"
-                + (" (best so far, saved)" if improved else ""),
-                flush=True,
-            )
-
-    class Progress(keras.callbacks.Callback):
-        """One line every `log_every` steps: loss, learning rate, speed."""
-
-        def __init__(self):
-            super().__init__()
-            self.step = 0
-            self.start = time.time()
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.step += 1
-            if quiet or self.step % log_every:
-                return
-            lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            elapsed = time.time() - self.start
-            rate = self.step / max(elapsed, 1e-9)
-            print(
-                f"  step {self.step}: loss {logs.get('loss', 0):.4f}, "
-                f"lr {lr:.2e}, {rate:.1f} steps/s",
-                flush=True,
-            )
-            with open(os.path.join(run_dir, METRICS_LOG_FILE), "a") as f:
-                f.write(
-                    json.dumps(
-                        {
-                            "kind": "train",
-                            "step": self.step,
-                            "loss": logs.get("loss"),
-                            "elapsed_s": round(elapsed, 3),
-                        }
-                    )
-                    + "\n"
-                )
-
-    return EvaluateEachEpoch(), Progress()
-
-
-def resolve_precision(precision, hidden_dim):
-    """`finetune.precision` -> a Keras dtype policy name ("auto" resolved).
-
-    The same choice as pretraining (`training.choose_fast_path`): bfloat16
-    on GPUs/TPUs and on CPUs with bf16 instructions, else float32. Whole-step
-    XLA stays off: compile time dominates short fine-tuning runs.
+    Args:
+        eval_batches: tf.data of `(features, label_id)` batches.
+        eval_labels: int array `[num_eval]`, the labels in batch order.
+        num_classes: int.
+        weights_path: where the best epoch's weights go.
+        log: the run's `_MetricsLog`.
     """
-    from model import training
-    from model.strategy import device_kind
 
-    policy, _ = training.choose_fast_path(
-        precision, "false", hidden_dim, device_kind(), 1
-    )
-    return policy
+    def __init__(self, eval_batches, eval_labels, num_classes, weights_path, log):
+        super().__init__()
+        self._batches = eval_batches
+        self._labels = eval_labels
+        self._num_classes = num_classes
+        self._weights_path = weights_path
+        self._log = log
+        self.history = []
+        self.best = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        # predict_on_batch: no iterator warnings for a finite dataset.
+        logits = np.concatenate(
+            [self.model.predict_on_batch(x) for x, _ in self._batches]
+        )
+        metrics = classification_metrics(
+            self._labels, np.argmax(logits, axis=-1), self._num_classes
+        )
+        metrics.update(epoch=epoch + 1, train_loss=float((logs or {}).get("loss", 0)))
+        self.history.append(metrics)
+        improved = self.best is None or metrics["accuracy"] > self.best["accuracy"]
+        if improved:
+            self.best = dict(metrics)
+            self.model.save_weights(self._weights_path)
+        self._log.write({"kind": "eval", **metrics})
+        print(
+            f"  epoch {epoch + 1}: train loss {metrics['train_loss']:.4f}, "
+            f"eval accuracy {metrics['accuracy']:.4f}, "
+            f"macro-F1 {metrics['macro_f1']:.4f}"
+            + (" (best so far, saved)" if improved else ""),
+            flush=True,
+        )
+
+
+class _Progress(keras.callbacks.Callback):
+    """One line every `log_every` steps: loss, learning rate, speed."""
+
+    def __init__(self, log, log_every, quiet):
+        super().__init__()
+        self._log = log
+        self._log_every = log_every
+        self._quiet = quiet
+        self.step = 0
+        self.start = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self._quiet or self.step % self._log_every:
+            return
+        logs = logs or {}
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        elapsed = time.time() - self.start
+        print(
+            f"  step {self.step}: loss {logs.get('loss', 0):.4f}, "
+            f"lr {lr:.2e}, {self.step / max(elapsed, 1e-9):.1f} steps/s",
+            flush=True,
+        )
+        self._log.write(
+            {
+                "kind": "train",
+                "step": self.step,
+                "loss": logs.get("loss"),
+                "elapsed_s": round(elapsed, 3),
+            }
+        )
 
 
 def build_classifier(cfg, init, num_classes, dtype=None):
@@ -447,12 +391,13 @@ def train_one(
     run_dir,
     quiet=False,
 ):
-    """One fine-tuning run; returns its summary dict.
+    """One fine-tuning run (build, train, evaluate each epoch); returns its
+    summary dict and writes it to `run_dir/eval_metrics.json`.
 
     `cfg.finetune.precision` must already be a dtype policy name (`run`
-    resolves "auto" once and records it in `config.yaml`).
+    resolves "auto" once and records it in `config.yaml`). `eval_ds` is
+    batched, `train_ds` not.
     """
-    import keras
     import tensorflow as tf
 
     from model import text_data
@@ -460,10 +405,9 @@ def train_one(
 
     ft = cfg.finetune
     precision = ft.precision  # resolved once, by `run`
-    os.makedirs(run_dir, exist_ok=True)
-    log = os.path.join(run_dir, METRICS_LOG_FILE)
-    if os.path.exists(log):
-        os.remove(log)  # a rerun into the same model_dir starts a fresh log
+    fileio.makedirs(run_dir)
+    # A rerun into the same model_dir starts a fresh log (rewritten whole).
+    log = _MetricsLog(fileio.join(run_dir, METRICS_LOG_FILE))
     keras.utils.set_random_seed(seed)
     steps_per_epoch = max(1, math.ceil(n_train / ft.batch_size))
     epochs = ft.epochs
@@ -472,6 +416,8 @@ def train_one(
         epochs = math.ceil(ft.max_steps / steps_per_epoch)
     total_steps = epochs * steps_per_epoch
     warmup_steps = int(round(total_steps * ft.warmup_proportion))
+
+    # Build.
     model = build_classifier(cfg, init, len(labels), dtype=precision)
     optimizer = create_optimizer(
         learning_rate=ft.learning_rate,
@@ -503,14 +449,16 @@ def train_one(
         + (", length-grouped batches" if ft.group_by_length else ""),
         flush=True,
     )
-    evaluate, progress = _make_callbacks(
+
+    # Train, evaluating each epoch.
+    evaluate = _EvaluateEachEpoch(
         eval_ds,
         eval_labels,
         len(labels),
-        run_dir,
-        log_every=max(1, steps_per_epoch // 4),
-        quiet=quiet,
+        fileio.join(run_dir, BEST_WEIGHTS_FILE),
+        log,
     )
+    progress = _Progress(log, log_every=max(1, steps_per_epoch // 4), quiet=quiet)
     start = time.time()
     model.fit(
         batches,
@@ -529,8 +477,9 @@ def train_one(
         "steps": total_steps,
         "train_seconds": round(time.time() - start, 1),
     }
-    with open(os.path.join(run_dir, EVAL_METRICS_FILE), "w") as f:
-        json.dump(summary, f, indent=2)
+    fileio.write_atomic(
+        fileio.join(run_dir, EVAL_METRICS_FILE), json.dumps(summary, indent=2)
+    )
     return summary
 
 
@@ -541,86 +490,79 @@ def run(argv=None) -> dict:
         ConfigError: a flag, config, checkpoint or data problem (one line,
             before training).
     """
+    from model import text_data
+
+    # 1. Resolve the config: flags, YAML, checkpoint, vocabulary.
     args, overrides = _parse_flags(argv)
     cfg, init, vocab, vocab_path = resolve_config(args, overrides)
     model_dir = args.model_dir
-    os.makedirs(model_dir, exist_ok=True)
+    fileio.makedirs(model_dir)
     if init.kind == "random":
         print("encoder starts from random weights (no --init_checkpoint)")
     else:
         print(f"encoder starts from {init.kind} checkpoint {init.path}")
-    train_ds, eval_ds, labels, n_train, n_eval = prepare_data(
-        cfg, args.train, args.eval, vocab, vocab_path, model_dir
-    )
-    print(f"labels {labels}; {n_train} train / {n_eval} eval examples", flush=True)
 
-    # Tokenize once; every seed reshuffles the cached examples.
-    train_ds = train_ds.cache()
-    eval_batches = eval_ds.batch(EVAL_BATCH_SIZE).cache()
+    # 2. Prepare the data: both splits read, checked, tokenized (once).
+    data = text_data.prepare_data(
+        cfg,
+        train_path=args.train,
+        eval_path=args.eval,
+        vocab=vocab,
+        vocab_path=vocab_path,
+        out_dir=model_dir,
+        max_bad_fraction=args.max_bad_fraction,
+    )
+    labels = data.labels
+    print(
+        f"labels {labels}; {data.num_train} train / {data.num_eval} eval examples",
+        flush=True,
+    )
+    train_ds = data.train.cache()  # every seed reshuffles the cached examples
+    eval_batches = data.eval.batch(EVAL_BATCH_SIZE).cache()
     eval_labels = np.concatenate([y.numpy() for _, y in eval_batches])
 
-    # What export needs: the config (labels, casing, lengths), the vocab.
-    vocab_copy = os.path.join(model_dir, VOCAB_FILE)
-    if os.path.abspath(vocab_path) != os.path.abspath(vocab_copy):
-        import tensorflow as tf
+    # What export needs beside the weights: the config and the vocabulary.
+    cfg, recorded = _recorded_config(cfg, labels)
+    vocab_copy = fileio.join(model_dir, VOCAB_FILE)
+    if not fileio.same_path(vocab_path, vocab_copy):
+        fileio.copy(vocab_path, vocab_copy, overwrite=True)
+    dump_config(recorded, model_dir)
 
-        tf.io.gfile.copy(vocab_path, vocab_copy, overwrite=True)
-    label_names = tuple(cfg.export.label_names)
-    if len(label_names) != len(labels):
-        label_names = ()
-    # Resolved once, recorded in config.yaml (export builds float32 anyway).
-    cfg = cfg.replace(
-        finetune=dataclasses.replace(
-            cfg.finetune,
-            precision=resolve_precision(cfg.finetune.precision, cfg.model.hidden_dim),
-        )
-    )
-    final_cfg = cfg.replace(
-        finetune=dataclasses.replace(cfg.finetune, labels=tuple(labels)),
-        data=dataclasses.replace(cfg.data, vocab_file=VOCAB_FILE),
-        export=dataclasses.replace(
-            cfg.export,
-            max_seq_length=cfg.finetune.max_seq_length,
-            label_names=label_names,
-        ),
-    )
-    dump_config(final_cfg, model_dir)
-
+    # 3-5. Build, train and evaluate, once per seed.
     ft = cfg.finetune
     seeds = list(range(ft.seed, ft.seed + ft.seeds))
-    runs = []
-    for seed in seeds:
-        run_dir = (
-            model_dir if len(seeds) == 1 else os.path.join(model_dir, f"seed_{seed}")
+    runs = [
+        train_one(
+            cfg,
+            init,
+            train_ds,
+            eval_batches,
+            eval_labels,
+            labels,
+            data.num_train,
+            seed,
+            model_dir if len(seeds) == 1 else fileio.join(model_dir, f"seed_{seed}"),
+            quiet=args.quiet,
         )
-        runs.append(
-            train_one(
-                cfg,
-                init,
-                train_ds,
-                eval_batches,
-                eval_labels,
-                labels,
-                n_train,
-                seed,
-                run_dir,
-                quiet=args.quiet,
-            )
+        for seed in seeds
+    ]
+
+    # 6. Write: the best seed's weights as the model_dir's, and the summary.
+    best = max(runs, key=lambda r: r["accuracy"])
+    if len(seeds) > 1:
+        fileio.copy(
+            fileio.join(model_dir, f"seed_{best['seed']}", BEST_WEIGHTS_FILE),
+            fileio.join(model_dir, BEST_WEIGHTS_FILE),
+            overwrite=True,
         )
     acc_mean, acc_std = mean_std([r["accuracy"] for r in runs])
     f1_mean, f1_std = mean_std([r["macro_f1"] for r in runs])
-    best = max(runs, key=lambda r: r["accuracy"])
-    if len(seeds) > 1:
-        # The best seed's weights are the model_dir's, for model.export.
-        shutil.copyfile(
-            os.path.join(model_dir, f"seed_{best['seed']}", BEST_WEIGHTS_FILE),
-            os.path.join(model_dir, BEST_WEIGHTS_FILE),
-        )
     result = {
         "init": init.kind if init.kind == "random" else f"{init.kind}:{init.path}",
         "labels": labels,
-        "num_train": n_train,
-        "num_eval": n_eval,
+        "num_train": data.num_train,
+        "num_eval": data.num_eval,
+        "num_bad_rows": data.num_bad,
         "seeds": seeds,
         "accuracy_mean": acc_mean,
         "accuracy_std": acc_std,
@@ -629,8 +571,9 @@ def run(argv=None) -> dict:
         "best_seed": best["seed"],
         "runs": runs,
     }
-    with open(os.path.join(model_dir, EVAL_METRICS_FILE), "w") as f:
-        json.dump(result, f, indent=2)
+    fileio.write_atomic(
+        fileio.join(model_dir, EVAL_METRICS_FILE), json.dumps(result, indent=2)
+    )
     if len(seeds) > 1:
         print(
             f"eval accuracy {acc_mean:.4f} ± {acc_std:.4f}, macro-F1 "
@@ -646,10 +589,12 @@ def run(argv=None) -> dict:
 
 
 def main(argv=None):
+    """Flag, path, config and data problems: one `error:` line, exit 2."""
     try:
         run(argv)
     except ConfigError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,15 @@
     python -m model.predict --saved_model=out/sst2_serving "a great film" ...
     cat sentences.txt | python -m model.predict --saved_model=out/sst2_serving
 
-Sentences come from the arguments, else from stdin (one per line, read and
-classified in batches of `--batch_size`, so input of any length streams).
-Each output line: `{"text", "label", "label_name" (when the export knows
-names), "label_value", "probabilities"}`. Needs only TensorFlow and
-tensorflow-text: no Keras, no project model code.
+Sentences come from the arguments, else from stdin (one per line, read as
+bytes and classified in batches of `--batch_size`, so input of any length
+streams). Each output line, in input order: `{"text", "label",
+"label_name" (when the export knows names), "label_value",
+"probabilities"}`. A line that is not valid UTF-8 gets a line of its own,
+`{"line": N, "error": "..."}` (N counts from 1), and every other line is
+still answered; the exit status is then 1. A bad flag, or a
+`--saved_model` that is not a SavedModel, is one `error:` line, exit 2.
+Needs only TensorFlow and tensorflow-text: no Keras, no project model code.
 """
 
 from __future__ import annotations
@@ -18,10 +22,19 @@ import json
 import os
 import sys
 
-# Quiet TensorFlow's C++ start-up logs; stdout carries only JSON lines.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from configs import fileio
 
 LABELS_FILE = os.path.join("assets.extra", "labels.json")
+SIGNATURE = "serving_default"
+
+
+class UsageError(Exception):
+    """A bad flag or path: one line, exit 2, before any sentence is read."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + error
+        raise UsageError(message)
 
 
 class Predictor:
@@ -38,13 +51,24 @@ class Predictor:
         import tensorflow_text  # noqa: F401 (registers the tokenizer ops)
 
         self._tf = tf
+        if not fileio.isdir(saved_model_dir):
+            raise UsageError(f"--saved_model {saved_model_dir} is not a directory")
+        if not tf.saved_model.contains_saved_model(saved_model_dir):
+            raise UsageError(
+                f"--saved_model {saved_model_dir} is not a SavedModel (no "
+                "saved_model.pb): give the --export_dir of model.export"
+            )
         self._model = tf.saved_model.load(saved_model_dir)
-        self._serve = self._model.signatures["serving_default"]
+        if SIGNATURE not in self._model.signatures:
+            raise UsageError(
+                f"--saved_model {saved_model_dir} has no {SIGNATURE!r} signature "
+                "taking raw text: give the --export_dir of model.export"
+            )
+        self._serve = self._model.signatures[SIGNATURE]
         self.labels, self.label_names = [], []
-        path = os.path.join(saved_model_dir, LABELS_FILE)
-        if tf.io.gfile.exists(path):
-            with tf.io.gfile.GFile(path) as f:
-                info = json.load(f)
+        path = fileio.join(saved_model_dir, LABELS_FILE)
+        if fileio.exists(path):
+            info = json.loads(fileio.read_text(path))
             self.labels = info.get("labels", [])
             self.label_names = info.get("label_names", [])
 
@@ -66,8 +90,24 @@ class Predictor:
         return results
 
 
-def _batches(lines, batch_size):
-    iterator = iter(lines)
+def _decoded(raw_lines, what: str):
+    """`(number, text, None)` per line, or `(number, None, error)` for one
+    that is not UTF-8. Lines are bytes (stdin) or str (arguments; an
+    undecodable argument arrives as lone surrogates)."""
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            if isinstance(raw, bytes):
+                text = raw.decode("utf-8").rstrip("\r\n")
+            else:
+                text = raw.rstrip("\r\n")
+                text.encode("utf-8")  # lone surrogates fail here
+            yield number, text, None
+        except UnicodeError as e:
+            yield number, None, f"{what} {number} is not valid UTF-8 ({e.reason} at byte {e.start})"
+
+
+def _batches(items, batch_size):
+    iterator = iter(items)
     while True:
         batch = list(itertools.islice(iterator, batch_size))
         if not batch:
@@ -75,10 +115,42 @@ def _batches(lines, batch_size):
         yield batch
 
 
-def run(argv=None, stdin=None, stdout=None) -> int:
-    """Prints one JSON line per sentence; returns how many were classified."""
-    parser = argparse.ArgumentParser(
+def _answer(predictor, batch) -> list[dict]:
+    """One output dict per `(number, text, error)`, in order. A batch the
+    model rejects is retried line by line, so one bad line costs only its
+    own answer."""
+    texts = [text for _, text, error in batch if error is None]
+    try:
+        results = iter(predictor(texts))
+    except Exception:  # the model refused something in this batch
+        if len(texts) < 2:
+            results = None
+        else:
+            return [out for item in batch for out in _answer(predictor, [item])]
+    out = []
+    for number, text, error in batch:
+        if error is None and results is None:
+            error = f"line {number} could not be classified"
+        if error is not None:
+            out.append({"line": number, "error": error})
+        else:
+            out.append(next(results))
+    return out
+
+
+def run(argv=None, stdin=None, stdout=None) -> dict:
+    """Prints one JSON line per input line.
+
+    Returns:
+        `{"classified": int, "failed": int}`.
+
+    Raises:
+        UsageError: a bad flag or a `--saved_model` that is not an export
+            (before any input is read).
+    """
+    parser = _Parser(
         prog="python -m model.predict",
+        allow_abbrev=False,
         description="Classify sentences with a raw-string SavedModel.",
     )
     parser.add_argument("--saved_model", required=True)
@@ -86,24 +158,39 @@ def run(argv=None, stdin=None, stdout=None) -> int:
     parser.add_argument("sentences", nargs="*")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
-        parser.error("--batch_size must be at least 1")
-    if not os.path.isdir(args.saved_model) and "://" not in args.saved_model:
-        parser.error(f"--saved_model {args.saved_model} is not a directory")
+        raise UsageError("--batch_size must be at least 1")
     stdin = stdin if stdin is not None else sys.stdin
     stdout = stdout if stdout is not None else sys.stdout
     predictor = Predictor(args.saved_model)
-    lines = args.sentences or (line.rstrip("\r\n") for line in stdin)
-    count = 0
-    for batch in _batches(lines, args.batch_size):
-        for result in predictor(batch):
+    if args.sentences:
+        items = _decoded(args.sentences, "argument")
+    else:
+        # Bytes, so that one undecodable line fails alone, not the stream.
+        items = _decoded(getattr(stdin, "buffer", stdin), "line")
+    counts = {"classified": 0, "failed": 0}
+    for batch in _batches(items, args.batch_size):
+        for result in _answer(predictor, batch):
+            counts["failed" if "error" in result else "classified"] += 1
             stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
-            count += 1
         stdout.flush()
-    return count
+    return counts
 
 
 def main(argv=None):
-    run(argv)
+    # Quiet TensorFlow's C++ start-up logs; stdout carries only JSON lines.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        counts = run(argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if counts["failed"]:
+        print(
+            f"error: {counts['failed']} line(s) could not be classified "
+            f"({counts['classified']} were); see the lines with \"error\"",
+            file=sys.stderr,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

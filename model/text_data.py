@@ -13,6 +13,11 @@ and `label_id` an int32 scalar.
   dead-letter file, never silently dropped.
 * A directory of classification records (`pipelines.classification_data`)
   is read with the feature spec of `configs.features`.
+
+`prepare_data` is the one entry `model.finetune` calls: both splits in,
+tokenized datasets, label names and the bad-row counts out. Paths may be
+local or remote (`gs://`, `ram://`): every file goes through
+`configs.fileio`, records through `tf.data`.
 """
 
 from __future__ import annotations
@@ -23,11 +28,15 @@ import os
 
 import tensorflow as tf
 
-from configs import features, labelled_text, tokenization
-from configs.metadata import read_metadata
+from configs import features, fileio, labelled_text, tokenization
+from configs.metadata import check_compatible, read_metadata
 from configs.schema import ConfigError
 
 TOKENIZE_BATCH = 256  # rows per tensorflow-text call while tokenizing
+DEFAULT_MAX_BAD_FRACTION = 0.1  # more bad rows than this: the wrong file
+# A quoted field may span at most this many lines before the opening quote
+# is taken for a stray one (TSV is read with quoting off).
+MAX_QUOTED_LINES = 100
 
 
 @dataclasses.dataclass
@@ -78,19 +87,32 @@ def read_labelled_file(
 ) -> LabelledRows:
     """Parses a TSV/CSV/JSONL file into `LabelledRows` (whole file in memory).
 
+    One row per line. A TSV/CSV row cut by a newline inside a quoted field
+    (a short row with an odd number of `"`, up to the next line with an odd
+    number) is one bad row, all its lines in the dead letter: its tail is
+    never taken for a row of its own.
+
     Raises:
-        ConfigError: missing file, unknown format, or a header without the
-            named columns (one line, before any work).
+        ConfigError: missing file, unknown format, a truncated or corrupt
+            `.gz`, or a header without the named columns (one line, before
+            any work).
     """
-    if not tf.io.gfile.exists(path):
+    if not fileio.exists(path):
         raise ConfigError(f"{path} does not exist")
+    if fileio.isdir(path):
+        raise ConfigError(f"{path} is a directory without classification records")
     fmt = labelled_text.detect_format(path)
-    with tf.io.gfile.GFile(path, "rb") as f:
-        data = f.read()
+    data = fileio.read_bytes(path)
     if path.endswith(".gz"):
         import gzip
+        import zlib
 
-        data = gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as e:
+            raise ConfigError(
+                f"{path} cannot be read to its end, truncated or corrupt? ({e})"
+            ) from None
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -111,7 +133,9 @@ def read_labelled_file(
                 )
         first = 1
     rows = LabelledRows(path, [], [] if text_b_column else None, [], [])
-    for number, line in enumerate(lines[first:], start=first + 1):
+    i = first
+    while i < len(lines):
+        line, number = lines[i], i + 1
         status, value = labelled_text.parse_row(
             line,
             fmt=fmt,
@@ -120,6 +144,10 @@ def read_labelled_file(
             text_b_column=text_b_column,
             label_column=label_column,
         )
+        span = 1
+        if status == "bad" and value == labelled_text.BAD_COLUMNS:
+            span = _quoted_span(lines, i, len(columns))
+        i += span
         if status == "ok":
             rows.texts_a.append(value[0])
             if text_b_column:
@@ -128,21 +156,36 @@ def read_labelled_file(
         elif status == "blank":
             rows.blank += 1
         else:
-            rows.bad.append(
-                {
-                    "line_number": number,
-                    "reason": value,
-                    "line": line.decode("utf-8", errors="backslashreplace"),
-                }
-            )
+            bad = {
+                "line_number": number,
+                "reason": value,
+                "line": b"\n".join(lines[number - 1 : number - 1 + span]).decode(
+                    "utf-8", errors="backslashreplace"
+                ),
+            }
+            if span > 1:
+                bad["lines"] = span  # a quoted field holding newlines
+            rows.bad.append(bad)
     return rows
+
+
+def _quoted_span(lines, i, num_columns) -> int:
+    """How many lines from `lines[i]` (a row with too few columns) belong to
+    it: through the next line with an odd number of `"` when `lines[i]` has
+    an odd number (it opened a quoted field), else 1."""
+    if num_columns < 2 or lines[i].count(b'"') % 2 == 0:
+        return 1
+    for j in range(i + 1, min(len(lines), i + MAX_QUOTED_LINES)):
+        if lines[j].count(b'"') % 2 == 1:
+            return j - i + 1
+    return 1
 
 
 def write_dead_letter(path: str, bad: list) -> None:
     """Writes bad-row dicts as JSON lines (an empty file when there are none)."""
-    with tf.io.gfile.GFile(path, "w") as f:
-        for row in bad:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    fileio.write_atomic(
+        path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in bad)
+    )
 
 
 class TextPacker:
@@ -214,7 +257,7 @@ def tokenized_dataset(
 
 def is_records_dir(path: str) -> bool:
     """True when `path` is a directory (of classification records)."""
-    return tf.io.gfile.isdir(path)
+    return fileio.isdir(path)
 
 
 def read_records(data_dir: str) -> tuple[tf.data.Dataset, dict | None]:
@@ -229,7 +272,7 @@ def read_records(data_dir: str) -> tuple[tf.data.Dataset, dict | None]:
     meta = read_metadata(data_dir)
     files = sorted(
         f
-        for f in tf.io.gfile.glob(os.path.join(data_dir, "*"))
+        for f in fileio.glob(fileio.join(data_dir, "*"))
         if ".tfrecord" in os.path.basename(f) or "tf_record" in os.path.basename(f)
     )
     if not files:
@@ -323,3 +366,201 @@ def length_grouped_batches(
         .shuffle(group_batches, seed=seed, reshuffle_each_iteration=True)
         .map(trim, num_parallel_calls=tf.data.AUTOTUNE)
     )
+
+
+# === The one data-preparation entry of model.finetune ===
+@dataclasses.dataclass
+class PreparedData:
+    """Both splits, ready for training.
+
+    Attributes:
+        train, eval: tf.data of unbatched `(features, label_id)` (see the
+            module doc), tokenized lazily (cache them to tokenize once).
+        labels: list[str], the label values in id order.
+        num_train, num_eval: int, examples in each split.
+        num_bad: {"train": int, "eval": int}, rows set aside as bad (raw
+            files; 0 for records, whose job counted its own).
+        dead_letters: {"train"/"eval": path} of the dead-letter files.
+    """
+
+    train: tf.data.Dataset
+    eval: tf.data.Dataset
+    labels: list
+    num_train: int
+    num_eval: int
+    num_bad: dict
+    dead_letters: dict
+
+
+@dataclasses.dataclass
+class _Split:
+    """One of train/eval as read, before label ids are fixed."""
+
+    role: str  # "train" or "eval"
+    path: str
+    rows: LabelledRows | None = None  # raw files
+    dataset: tf.data.Dataset | None = None  # records
+    meta: dict | None = None  # the records' metadata.json
+    num_examples: int = 0
+
+
+def prepare_data(
+    cfg,
+    *,
+    train_path: str,
+    eval_path: str,
+    vocab: list,
+    vocab_path: str,
+    out_dir: str,
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+) -> PreparedData:
+    """Reads, checks and tokenizes both splits (raw files or records).
+
+    Labels come from the records' metadata, else `cfg.finetune.labels`,
+    else the train file's values (sorted). Rows of a raw file that are bad
+    (unparseable, missing text or label, a label outside the labels) go to
+    `out_dir/dead_letter_{train,eval}.jsonl` and are counted.
+
+    Raises:
+        ConfigError: one line, before any training: records made for another
+            model, label sets that disagree, no usable row, or more than
+            `max_bad_fraction` of a file's rows bad (the error names the
+            setting to change: `finetune.labels` or `--max_bad_fraction`).
+    """
+    train = _open_split(train_path, "train", cfg, vocab_path)
+    evaluation = _open_split(eval_path, "eval", cfg, vocab_path)
+    labels = _resolve_labels(cfg, train, evaluation)
+    num_bad, dead_letters = {}, {}
+    for split in (train, evaluation):
+        dead_letters[split.role] = fileio.join(
+            out_dir, f"dead_letter_{split.role}.jsonl"
+        )
+        num_bad[split.role] = _set_aside_bad_rows(
+            split, labels, dead_letters[split.role], max_bad_fraction
+        )
+    packer = TextPacker(vocab, cfg.data.do_lower_case, cfg.finetune.max_seq_length)
+    index = {value: i for i, value in enumerate(labels)}
+    datasets = [
+        (
+            split.dataset
+            if split.rows is None
+            else tokenized_dataset(
+                split.rows, [index[v] for v in split.rows.labels], packer
+            )
+        )
+        for split in (train, evaluation)
+    ]
+    return PreparedData(
+        train=datasets[0],
+        eval=datasets[1],
+        labels=labels,
+        num_train=train.num_examples,
+        num_eval=evaluation.num_examples,
+        num_bad=num_bad,
+        dead_letters=dead_letters,
+    )
+
+
+def _open_split(path, role, cfg, vocab_path) -> _Split:
+    if not fileio.exists(path):
+        raise ConfigError(f"--{role} {path} does not exist")
+    if not is_records_dir(path):
+        rows = read_labelled_file(
+            path,
+            text_column=cfg.finetune.text_column,
+            text_b_column=cfg.finetune.text_b_column,
+            label_column=cfg.finetune.label_column,
+        )
+        return _Split(role, path, rows=rows, num_examples=len(rows))
+    ds, meta = read_records(path)
+    if meta is None:
+        n = count_records(ds)
+    else:
+        check_compatible(
+            meta,
+            kind="classification",
+            max_seq_length=cfg.finetune.max_seq_length,
+            vocabulary_size=cfg.model.vocabulary_size,
+            vocab_sha256=features.vocab_sha256(vocab_path),
+            max_sequence_length=cfg.model.max_sequence_length,
+        )
+        casing = meta.get("do_lower_case", cfg.data.do_lower_case)
+        if casing != cfg.data.do_lower_case:
+            raise ConfigError(
+                f"{path}: records were made with do_lower_case={casing}, the "
+                f"model uses {cfg.data.do_lower_case}"
+            )
+        n = meta["num_examples"]
+    if n == 0:
+        raise ConfigError(f"--{role} {path}: no usable rows")
+    return _Split(role, path, dataset=ds, meta=meta, num_examples=n)
+
+
+def _resolve_labels(cfg, train: _Split, evaluation: _Split) -> list:
+    """The label values in id order (see `prepare_data`)."""
+    configured = list(cfg.finetune.labels)
+    from_records = [s.meta["labels"] for s in (train, evaluation) if s.meta]
+    if from_records:
+        labels = list(from_records[0])
+        if configured and configured != labels:
+            raise ConfigError(
+                f"records have labels {labels}, finetune.labels says {configured}: "
+                f"set finetune.labels={','.join(labels)} (or [] to take the records')"
+            )
+        return labels
+    if configured:
+        return configured
+    if train.rows is None:
+        raise ConfigError(
+            f"{train.path}: records without metadata.json carry no label names: "
+            "set finetune.labels"
+        )
+    train_labels = set(train.rows.labels)
+    if evaluation.rows is not None and set(evaluation.rows.labels) != train_labels:
+        raise ConfigError(
+            "label sets differ between train "
+            f"({', '.join(labelled_text.sort_labels(train_labels))}) and eval "
+            f"({', '.join(labelled_text.sort_labels(evaluation.rows.labels))})"
+        )
+    return labelled_text.sort_labels(train_labels)
+
+
+def _set_aside_bad_rows(split, labels, dead_letter, max_bad_fraction) -> int:
+    """Moves rows with unknown labels to the bad ones, writes the dead
+    letter and checks the bad-row ceiling; returns the number of bad rows."""
+    rows = split.rows
+    if rows is None:
+        return 0
+    outside = sorted(set(rows.labels) - set(labels))
+    rows.drop_unknown_labels(labels)
+    write_dead_letter(dead_letter, rows.bad)
+    bad, usable = len(rows.bad), len(rows)
+    print(
+        f"{split.role}: {usable} usable rows from {split.path}"
+        + (f", {bad} bad row(s) -> {dead_letter}" if bad else ", 0 bad rows")
+    )
+    setting = f"finetune.labels [{', '.join(labels)}]"
+    if usable == 0:
+        if outside:
+            raise ConfigError(
+                f"{split.path}: none of its labels ({', '.join(outside)}) is in "
+                f"{setting}: set finetune.labels to the file's labels "
+                f"(--set finetune.labels={','.join(outside)})"
+            )
+        raise ConfigError(
+            f"{split.path}: no usable rows ({bad} bad, see {dead_letter})"
+        )
+    fraction = bad / (bad + usable)
+    if fraction > max_bad_fraction:
+        reasons: dict = {}
+        for b in rows.bad:
+            reasons[b["reason"]] = reasons.get(b["reason"], 0) + 1
+        detail = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
+        hint = f"; labels outside {setting}: {', '.join(outside)}" if outside else ""
+        raise ConfigError(
+            f"{split.path}: {bad} of {bad + usable} rows are bad ({fraction:.1%} > "
+            f"--max_bad_fraction={max_bad_fraction}: {detail}; see "
+            f"{dead_letter}){hint}"
+        )
+    split.num_examples = usable
+    return bad

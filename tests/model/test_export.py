@@ -267,7 +267,8 @@ def test_predict_cli_arguments_and_stdin(exported):
         [f"--saved_model={exported['export_dir']}", "a good film", "bad"], stdout=out
     )
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert n == 2 and [r["text"] for r in lines] == ["a good film", "bad"]
+    assert n == {"classified": 2, "failed": 0}
+    assert [r["text"] for r in lines] == ["a good film", "bad"]
     for r in lines:
         assert r["label"] in (0, 1) and len(r["probabilities"]) == 2
         assert r["label_name"] == ["negative", "positive"][r["label"]]
@@ -279,7 +280,91 @@ def test_predict_cli_arguments_and_stdin(exported):
         stdout=out,
     )
     texts = [json.loads(line)["text"] for line in out.getvalue().splitlines()]
-    assert n == 5 and texts == ["one", "two", "", "four", "five"]
+    assert n["classified"] == 5 and texts == ["one", "two", "", "four", "five"]
+
+
+def test_predict_answers_every_decodable_line(exported):
+    # One undecodable byte costs its own line only (it used to cost them all).
+    out = io.StringIO()
+    stdin = io.BytesIO(b"a good film\nbad \xff movie\n\xc3\nnot good\n")
+    n = predict.run(
+        [f"--saved_model={exported['export_dir']}", "--batch_size=2"],
+        stdin=stdin,
+        stdout=out,
+    )
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert n == {"classified": 2, "failed": 2}
+    assert [r.get("text") for r in lines] == ["a good film", None, None, "not good"]
+    assert lines[1]["line"] == 2 and "not valid UTF-8" in lines[1]["error"]
+    assert lines[2]["line"] == 3
+
+
+@pytest.mark.slow
+def test_predict_cli_undecodable_stdin(exported):
+    # The real command, real bytes on its stdin: exit 1, the rest answered.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "model.predict",
+            f"--saved_model={exported['export_dir']}",
+        ],
+        input=b"a good film\n\xff\xfe\nbad\n",
+        capture_output=True,
+        env=_ENV,
+    )
+    lines = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    assert proc.returncode == 1, proc.stderr.decode()[-2000:]
+    assert [r.get("text") for r in lines] == ["a good film", None, "bad"]
+    assert lines[1] == {"line": 2, "error": lines[1]["error"]}
+    err = proc.stderr.decode().strip().splitlines()
+    assert err[-1].startswith("error: 1 line(s) could not be classified")
+
+
+def test_predict_given_a_directory_that_is_not_a_saved_model(
+    exported, tmp_path, capsys
+):
+    for target, message in (
+        (exported["model_dir"], "is not a SavedModel"),
+        (str(tmp_path / "missing"), "is not a directory"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            predict.main([f"--saved_model={target}", "x"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and message in err[0], err
+    with pytest.raises(SystemExit) as e:
+        predict.main([f"--saved_model={exported['export_dir']}", "--batch_size=0"])
+    assert e.value.code == 2
+
+
+def test_export_wrong_paths_are_one_line(exported, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    for argv, message in (
+        ([f"--model_dir={tmp_path}/missing"], "is not a directory"),
+        (
+            [f"--model_dir={exported['model_dir']}", f"--export_dir={tmp_path}/afile"],
+            "is a file",
+        ),
+        ([f"--model_dir={exported['model_dir']}"], "--export_dir"),
+    ):
+        if not any(a.startswith("--export_dir") for a in argv):
+            argv = argv + (
+                [f"--export_dir={tmp_path}/out"] if "missing" in argv[0] else []
+            )
+        with pytest.raises(SystemExit) as e:
+            export.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_predict_and_export_on_ram_filesystem(exported):
+    # TensorFlow's in-memory filesystem stands in for gs://.
+    ram = "ram://predict_test"
+    export.run([f"--model_dir={exported['model_dir']}", f"--export_dir={ram}/serving"])
+    out = io.StringIO()
+    n = predict.run([f"--saved_model={ram}/serving", "a good film"], stdout=out)
+    assert n["classified"] == 1
+    assert json.loads(out.getvalue())["label_name"] in ("negative", "positive")
 
 
 def test_export_refuses_an_unfinished_model_dir(tmp_path):

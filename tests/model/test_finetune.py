@@ -36,7 +36,7 @@ def _write_tsv(path, rows, header="sentence\tlabel"):
 @pytest.fixture
 def sst_files(tmp_path):
     train = [(t, 1) for t in GOOD] + [(t, 0) for t in BAD]
-    train += [("", 1)]  # missing text: a bad row
+    train = train * 2 + [("", 1)]  # missing text: a bad row (1 of 17)
     dev = [(GOOD[0], 1), (BAD[0], 0), (BAD[1], 0)]
     return _write_tsv(tmp_path / "train.tsv", train), _write_tsv(
         tmp_path / "dev.tsv", dev
@@ -301,3 +301,134 @@ def test_no_usable_rows_and_bad_flags(tmp_path, sst_files, vocab_file):
         )
     with pytest.raises(ConfigError, match="unknown flag"):
         finetune.run(_args(*sst_files, tmp_path / "ft", vocab_file, "--epoch=3"))
+
+
+# === Faults and bad inputs (issue 12) ===
+def _prepare(tmp_path, train, dev, vocab_file, *overrides, max_bad_fraction=0.1):
+    cfg = load_config(["configs/finetune/sst2.yaml"], list(TINY) + list(overrides))
+    vocab = features.read_vocab(vocab_file)
+    return text_data.prepare_data(
+        cfg,
+        train_path=train,
+        eval_path=dev,
+        vocab=vocab,
+        vocab_path=vocab_file,
+        out_dir=str(tmp_path),
+        max_bad_fraction=max_bad_fraction,
+    )
+
+
+def test_three_class_file_against_two_labels_stops(tmp_path, vocab_file):
+    rows = [(f"{GOOD[i % 4]} {i}", i % 3) for i in range(30)]
+    train = _write_tsv(tmp_path / "t.tsv", rows)
+    dev = _write_tsv(tmp_path / "d.tsv", [("good", 1), ("bad", 0)])
+    with pytest.raises(ConfigError) as e:
+        _prepare(tmp_path, train, dev, vocab_file)
+    message = str(e.value)
+    assert "10 of 30 rows are bad" in message and "--max_bad_fraction=0.1" in message
+    assert "labels outside finetune.labels [0, 1]: 2" in message
+    dead = (tmp_path / "dead_letter_train.jsonl").read_text().splitlines()
+    assert len(dead) == 10  # the dead letter is written before stopping
+    # A raised ceiling takes the file; the third class is counted as bad.
+    data = _prepare(tmp_path, train, dev, vocab_file, max_bad_fraction=0.5)
+    assert data.num_train == 20 and data.num_bad == {"train": 10, "eval": 0}
+
+
+def test_labels_outside_the_config_name_the_setting(tmp_path, vocab_file):
+    train = _write_tsv(tmp_path / "t.tsv", [("good", "pos"), ("bad", "neg")])
+    dev = _write_tsv(tmp_path / "d.tsv", [("good", "pos"), ("bad", "neg")])
+    with pytest.raises(
+        ConfigError,
+        match=r"none of its labels \(neg, pos\) is in "
+        r"finetune.labels \[0, 1\].*--set finetune.labels=neg,pos",
+    ):
+        _prepare(tmp_path, train, dev, vocab_file)
+    data = _prepare(tmp_path, train, dev, vocab_file, "finetune.labels=neg,pos")
+    assert data.labels == ["neg", "pos"]
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "csv"])
+def test_row_cut_by_a_quoted_newline_leaves_no_tail(tmp_path, fmt):
+    sep = "\t" if fmt == "tsv" else ","
+    path = tmp_path / f"t.{fmt}"
+    path.write_text(
+        f"sentence{sep}label\n"
+        f"a good film{sep}1\n"
+        f'"a row cut\nby a newline in quotes"{sep}0\n'
+        f'he said " wow{sep}1\n'  # an unbalanced quote in one whole row
+        f"bad movie{sep}0\n"
+    )
+    rows = text_data.read_labelled_file(
+        str(path), text_column="sentence", label_column="label"
+    )
+    texts = rows.texts_a
+    assert not any("by a newline" in t for t in texts), texts
+    assert "a good film" in texts and "bad movie" in texts
+    if fmt == "tsv":  # quoting off: the stray quote stays in the text
+        assert 'he said " wow' in texts
+    (bad,) = rows.bad
+    assert bad["line_number"] == 3 and bad["lines"] == 2
+    assert bad["line"] == f'"a row cut\nby a newline in quotes"{sep}0'
+
+
+def test_truncated_gzip_training_file_is_one_line(tmp_path, sst_files, vocab_file):
+    import gzip
+
+    data = open(sst_files[0], "rb").read() * 50
+    packed = gzip.compress(data)
+    path = tmp_path / "train.tsv.gz"
+    path.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(ConfigError, match=f"{path} cannot be read to its end"):
+        _prepare(tmp_path, str(path), sst_files[1], vocab_file)
+
+
+def test_wrong_kinds_of_paths_are_one_line_exit_2(
+    tmp_path, sst_files, vocab_file, capsys
+):
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (_args(*sst_files, tmp_path / "afile", vocab_file), "is a file"),
+        (
+            _args(str(tmp_path / "nope.tsv"), sst_files[1], tmp_path / "m", vocab_file),
+            "does not exist",
+        ),
+        (_args(*sst_files, tmp_path / "m", str(tmp_path)), "does not exist"),
+        (
+            _args(*sst_files, tmp_path / "m", vocab_file, "--max_bad_fraction=x"),
+            "invalid float",
+        ),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            finetune.main([str(a) for a in argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1, err
+        assert err[0].startswith("error: ") and message in err[0], err
+
+
+def test_finetune_and_export_on_ram_filesystem(tmp_path, sst_files, vocab_file):
+    # TensorFlow's in-memory filesystem stands in for gs:// (every file of
+    # the run: inputs, vocabulary, model_dir, export).
+    import tensorflow as tf
+
+    from model import export
+
+    ram = "ram://finetune_test"
+    for local in (*sst_files, vocab_file):
+        tf.io.gfile.copy(local, f"{ram}/in/{os.path.basename(local)}", overwrite=True)
+    train, dev, vocab = (
+        f"{ram}/in/{os.path.basename(p)}" for p in (*sst_files, vocab_file)
+    )
+    result = finetune.run(_args(train, dev, f"{ram}/ft", vocab, "--max_steps=1"))
+    assert result["num_train"] == 16
+    for name in (
+        finetune.BEST_WEIGHTS_FILE,
+        "config.yaml",
+        "vocab.txt",
+        finetune.EVAL_METRICS_FILE,
+        finetune.METRICS_LOG_FILE,
+        "dead_letter_train.jsonl",
+    ):
+        assert tf.io.gfile.exists(f"{ram}/ft/{name}"), name
+    export.run([f"--model_dir={ram}/ft", f"--export_dir={ram}/serving"])
+    assert tf.saved_model.contains_saved_model(f"{ram}/serving")
