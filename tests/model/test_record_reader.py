@@ -345,10 +345,28 @@ def test_pretrain_names_records_of_other_lengths(tmp_path):
 
 
 # === no TensorFlow ===
+BLOCK_TF = """
+import sys
+for name in ("tensorflow", "tensorflow_text"):
+    sys.modules[name] = None  # any import of TensorFlow fails
+"""
+
+
+def run_without_tensorflow(code):
+    out = subprocess.run(
+        [sys.executable, "-c", BLOCK_TF + code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": ROOT},
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
 def test_reader_imports_and_runs_without_tensorflow(records_dir):
     code = f"""
-import sys
-sys.modules["tensorflow"] = None  # any import of TensorFlow fails
 from configs import records
 from model import data
 files = data.list_record_files({records_dir!r})
@@ -357,22 +375,21 @@ with data.numpy_pretraining_batches(files, batch_size=8, max_seq_length={TINY_SE
         max_predictions_per_seq={TINY_PRED}, seed=0) as it:
     batch = next(it)
 assert batch["input_ids"].shape == (8, {TINY_SEQ})
+print(sorted(m for m in sys.modules if m.startswith("tensorflow")))
+"""
+    assert run_without_tensorflow(code) == "['tensorflow', 'tensorflow_text']"
+
+
+@pytest.mark.slow  # imports Keras and JAX (~10 s)
+def test_check_data_runs_without_tensorflow(records_dir):
+    code = f"""
 from model import pretrain
 args = pretrain.parse_args({tiny_flags(records_dir, "unused")!r})
 cfg, files, meta, vocab = pretrain.check_data(pretrain.resolve_config(args), args.data)
-assert meta["num_examples"] == 64
-print("ok", sorted(m for m in sys.modules if m.startswith("tensorflow")))
+assert meta["num_examples"] == 64 and len(files) == 2
+print(sorted(m for m in sys.modules if m.startswith("tensorflow")))
 """
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": ROOT},
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == "ok ['tensorflow']"
+    assert run_without_tensorflow(code) == "['tensorflow', 'tensorflow_text']"
 
 
 # === an Example encoder for the odd encodings above ===
