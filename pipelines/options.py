@@ -268,6 +268,34 @@ def _check_runner(pipeline_options) -> None:
         create_runner(runner)
     except (ValueError, ImportError) as e:
         raise UsageError(str(e).splitlines()[0]) from None
+    _check_engine(pipeline_options, runner.rsplit(".", 1)[-1])
+
+
+# Runner -> the flag naming its local engine, which Beam would otherwise
+# download when the job starts (Prism from GitHub, the job server jars from
+# Maven Central): a missing engine is one line before any work.
+_ENGINE_FLAGS = {
+    "PrismRunner": ("PrismRunnerOptions", "prism_location"),
+    "FlinkRunner": ("FlinkRunnerOptions", "flink_job_server_jar"),
+    "SparkRunner": ("SparkRunnerOptions", "spark_job_server_jar"),
+}
+
+
+def _check_engine(pipeline_options, runner: str) -> None:
+    from apache_beam.options import pipeline_options as po
+
+    if (
+        runner not in _ENGINE_FLAGS
+        or pipeline_options.view_as(po.PortableOptions).job_endpoint
+    ):
+        return  # not a local engine, or a job service that is already running
+    view, attr = _ENGINE_FLAGS[runner]
+    path = getattr(pipeline_options.view_as(getattr(po, view)), attr)
+    hint = "`make engines` installs it under .engines/ (README: Runners)"
+    if not path:
+        raise UsageError(f"{runner} needs --{attr}=PATH; {hint}")
+    if "://" not in path and not os.path.isfile(path):
+        raise UsageError(f"--{attr}={path} does not exist; {hint}")
 
 
 def is_file(path: str) -> bool:

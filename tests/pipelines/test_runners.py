@@ -8,8 +8,8 @@ GCS emulator, gcp-storage-emulator, on 127.0.0.1).
 
 The engines come from `make engines` (`.engines/`, or `$ENGINES_DIR`);
 where one is missing its tests skip with one line naming `make engines`.
-All tests here are slow (each job starts an engine and a worker): they run
-with `make test-slow` (`pytest --run_slow`).
+The engine tests are slow (each job starts an engine and a worker): they
+run with `make test-slow` (`pytest --run_slow`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ import apache_beam as beam
 import pytest
 
 from pipelines import classification_data, pretraining_data, tfrecords, vocab
-
-pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ENGINES_DIR = pathlib.Path(os.environ.get("ENGINES_DIR", ROOT / ".engines"))
@@ -148,6 +146,7 @@ def direct_pretraining(inputs, tmp_path_factory):
     return read_records(out), meta
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_pretraining_records_equal_direct_runner(
     engine, inputs, direct_pretraining, tmp_path
@@ -164,6 +163,7 @@ def test_pretraining_records_equal_direct_runner(
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_vocab_file_identical(engine, inputs, tmp_path):
     flags = engine_flags(engine)
@@ -189,6 +189,7 @@ def test_vocab_file_identical(engine, inputs, tmp_path):
     assert got_sidecar["corpus"] == want_sidecar["corpus"]  # counters reached it
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_classification_records_equal_direct_runner(engine, inputs, tmp_path):
     flags = engine_flags(engine)
@@ -228,6 +229,7 @@ def read_tfrecord_dir(directory) -> list[bytes]:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["bundle_direct", "spark"])
 def test_retried_bundle_loses_and_duplicates_nothing(
     engine, inputs, direct_pretraining, tmp_path, monkeypatch
@@ -261,6 +263,7 @@ def test_retried_bundle_loses_and_duplicates_nothing(
     assert got["num_examples"] == len(records)
 
 
+@pytest.mark.slow
 def test_prism_does_not_retry_so_the_job_fails_loudly(inputs, tmp_path, monkeypatch):
     """Prism does not retry a failed bundle: the job must fail, not finish
     with the failed bundle's records missing."""
@@ -273,6 +276,30 @@ def test_prism_does_not_retry_so_the_job_fails_loudly(inputs, tmp_path, monkeypa
             _pretraining_argv(inputs["corpus"], inputs["vocab"], out) + flags
         )
     assert not (out / "metadata.json").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--runner=PrismRunner"], "PrismRunner needs --prism_location=PATH"),
+        (
+            ["--runner=FlinkRunner", "--flink_job_server_jar=/no/such.jar"],
+            "--flink_job_server_jar=/no/such.jar does not exist",
+        ),
+        (["--runner=SparkRunner"], "SparkRunner needs --spark_job_server_jar=PATH"),
+    ],
+)
+def test_missing_engine_is_one_line_naming_make_engines(
+    flags, message, inputs, tmp_path, capsys
+):
+    """No engine is downloaded when a job starts: one line, exit 2."""
+    with pytest.raises(SystemExit) as e:
+        pretraining_data.main(
+            _pretraining_argv(inputs["corpus"], inputs["vocab"], tmp_path) + flags
+        )
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "`make engines`" in err[0]
 
 
 # === gs:// against a local GCS emulator ===
@@ -376,6 +403,7 @@ elif mode == "run":  # the pretraining job's Beam pipeline, gs:// in and out
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["direct", "prism"])
 def test_gcs_emulator_input_and_output(
     engine, gcs_emulator, inputs, direct_pretraining, tmp_path
