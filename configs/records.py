@@ -91,10 +91,29 @@ def _crc32c_table():
 _CRC_TABLE = _crc32c_table()
 
 
+_WORD_TABLES = None
+
+
+def _word_tables():
+    """Two 65,536-entry tables that advance a CRC32C register by one 4-byte
+    word: register' = A[x & 0xFFFF] ^ B[x >> 16], x = register ^ word (the
+    four byte steps are linear in x). Built on first use (a few ms)."""
+    global _WORD_TABLES
+    if _WORD_TABLES is None:
+        low = np.arange(1 << 16, dtype=np.uint32)
+        tables = []
+        for reg in (low, low << np.uint32(16)):
+            for _ in range(4):
+                reg = _CRC_TABLE[reg & 0xFF] ^ (reg >> np.uint32(8))
+            tables.append(reg)
+        _WORD_TABLES = tuple(tables)
+    return _WORD_TABLES
+
+
 def crc32c_many(records: list[bytes]) -> np.ndarray:
     """CRC32C of each record, numpy only (uint32 array).
 
-    The fallback without `google-crc32c`: one table step per byte column,
+    The fallback without `google-crc32c`: one step per 4-byte column,
     vectorized across the records. A reflected CRC with initial value ~0
     equals one with initial value 0 over the message whose first four bytes
     are complemented, and zero bytes before the message keep a zero register
@@ -107,22 +126,22 @@ def crc32c_many(records: list[bytes]) -> np.ndarray:
     lengths = np.fromiter(map(len, records), np.int64, n)
     if lengths.min() < 4:  # the algebra below needs four bytes
         return np.array([_crc32c_bytewise(r) for r in records], np.uint32)
-    width = max(int(lengths.max()), 4)
-    matrix = np.zeros((n, width + 4), np.uint8)  # 4 spare columns (see below)
+    width = -(-int(lengths.max()) // 4) * 4
+    matrix = np.zeros((n, width), np.uint8)
     flat = np.frombuffer(b"".join(records), np.uint8)
     rows = np.repeat(np.arange(n), lengths)
     ends = np.cumsum(lengths)
-    cols = np.arange(len(flat)) - np.repeat(ends - lengths, lengths)
-    cols += np.repeat(width + 4 - lengths, lengths)
+    cols = np.arange(len(flat)) + np.repeat(width - ends, lengths)
     matrix[rows, cols] = flat
     # Complement the first four bytes of each record.
-    first = (width + 4 - lengths)[:, None] + np.arange(4)
+    first = (width - lengths)[:, None] + np.arange(4)
     matrix[np.arange(n)[:, None], first] ^= 0xFF
-    start = int((width + 4 - lengths).min())
+    words = matrix.view("<u4")
+    low, high = _word_tables()
     reg = np.zeros(n, np.uint32)
-    table = _CRC_TABLE
-    for col in matrix[:, start:].T:
-        reg = table[(reg ^ col) & 0xFF] ^ (reg >> 8)
+    for col in words[:, int((width - lengths.max()) // 4) :].T:
+        x = reg ^ col
+        reg = low[x & 0xFFFF] ^ high[x >> np.uint32(16)]
     return reg ^ np.uint32(0xFFFFFFFF)
 
 
@@ -543,6 +562,78 @@ def _feature_spans(buf, starts, ends, names):
     return found
 
 
+def _short_varint(buf, pos):
+    """A varint of at most two bytes at each of `pos`: (value, after, ok)."""
+    b1 = buf[pos].astype(np.int64)
+    b2 = buf[pos + 1].astype(np.int64)
+    two = b1 >= 0x80
+    value = np.where(two, (b1 & 0x7F) | (b2 << 7), b1)
+    return value, pos + 1 + two, ~two | (b2 < 0x80)
+
+
+def _feature_spans_like_first(buf, starts, ends, names):
+    """`_feature_spans` for a batch laid out like its first record.
+
+    Writers put the same features in the same order in every record, so
+    the layout of record 0 (parsed in Python) is checked for all records at
+    once: per map entry, one gathered comparison of the tag, name and value
+    tag bytes and two short varints, with no branch per check. Returns None
+    when any record differs (or a length needs more than two varint bytes);
+    the general walker then takes the batch.
+    """
+    first = bytes(buf[starts[0] : ends[0]])
+    try:
+        order = [key for key, _ in _entry_keys(first)]
+    except ValueError:
+        return None
+    if len(set(order)) != len(order):
+        return None
+    size, pos, ok = _short_varint(buf, starts + 1)
+    ok &= (buf[starts] == _LEN_FIELD_1) & (pos + size == ends)
+    found = {}
+    for key in order:
+        entry_size, p, good = _short_varint(buf, pos + 1)
+        ok &= good & (buf[pos] == _LEN_FIELD_1)
+        entry_end = p + entry_size
+        header = np.frombuffer(
+            bytes([_LEN_FIELD_1, len(key)]) + key + bytes([_ENTRY_VALUE]), np.uint8
+        )
+        if len(key) > 0x7F:
+            return None
+        got = buf[np.minimum(p[:, None] + np.arange(len(header)), len(buf) - 1)]
+        ok &= (got == header).all(axis=1)
+        value_size, p, good = _short_varint(buf, p + len(header))
+        ok &= good & (p + value_size == entry_end)
+        name = key.decode("utf-8", "replace")
+        if name in names:
+            found[name] = (p, entry_end)
+        pos = np.minimum(entry_end, len(buf) - 2)
+    ok &= pos == ends
+    if not ok.all() or any(name not in found for name in names):
+        return None
+    return found
+
+
+def _entry_keys(record):
+    """(key bytes, value span) of each map entry of one Example, in order."""
+    out = []
+    for number, wire, span in _fields(record, 0, len(record)):
+        if number == 1 and wire == 2:
+            for n, w, entry in _fields(record, *span):
+                if n != 1 or w != 2:
+                    raise ValueError("unexpected field in Features")
+                key = None
+                for n2, w2, sub in _fields(record, *entry):
+                    if n2 == 1 and w2 == 2:
+                        key = record[sub[0] : sub[1]]
+                if key is None:
+                    raise ValueError("map entry without a key")
+                out.append((key, entry))
+        else:
+            raise ValueError("unexpected field in Example")
+    return out
+
+
 def _list_payloads(buf, start, end, list_tag, value_tag):
     """Where the values of each `Feature` message are.
 
@@ -580,48 +671,49 @@ def _list_payloads(buf, start, end, list_tag, value_tag):
 def _int_lists(buf, start, end, stride, want):
     """Values of packed (`stride` 1) or unpacked (2) int64 lists, `[n, want]`.
 
-    `[start, end)` is each record's list payload. The payloads are gathered
-    into one padded byte matrix (a row per record), the varint ends found
-    with one `flatnonzero`, and each value assembled from its bytes.
-    Returns (int64 values, None), or (None, index of a row whose count of
-    values is not `want`).
+    `[start, end)` is each record's list payload. All payload bytes are
+    gathered back to back, the varint ends found with one `flatnonzero`,
+    and each value assembled from its (at most 10) bytes. Values are cast
+    to int32 as `tf.cast` does (two's complement wrap). Returns (int32
+    values, None), or (None, index of a row whose count of values is not
+    `want`).
     """
     n = len(start)
     size = end - start
     count = want * stride
-    width = max(int(size.max()), 1)
-    cols = np.arange(width)
-    b = buf[np.minimum(start[:, None] + cols, len(buf) - 1)]
-    b[cols >= size[:, None]] = 0x80  # padding: no varint ends there
-    term = b < 0x80
-    counts = term.sum(axis=1)
-    last = b[np.arange(n), np.maximum(size - 1, 0)]
-    bad = np.flatnonzero((counts != count) | (last >= 0x80))
-    if len(bad):
-        return None, int(bad[0])
-    ends = np.flatnonzero(term).reshape(n, count)
+    offsets = np.cumsum(size) - size
+    total = int(size.sum())
+    b = buf[np.arange(total) + np.repeat(start - offsets, size)]
+    ends = np.flatnonzero(b < 0x80)
+    row_ends = offsets + size - 1
+    if len(ends) != n * count or (ends.reshape(n, count)[:, -1] != row_ends).any():
+        # Some row holds another number of values: find the first.
+        counts = np.add.reduceat((b < 0x80).astype(np.int64), offsets) if total else 0
+        bad = np.flatnonzero((counts != count) | (size == 0))
+        return None, int(bad[0]) if len(bad) else 0
     starts = np.empty_like(ends)
-    starts[:, 0] = np.arange(n) * width
-    starts[:, 1:] = ends[:, :-1] + 1
-    flat = b.ravel()
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    nbytes = ends - starts + 1
     if stride == 2:
         # Unpacked: tag 0x08, value, tag 0x08, value, ...
-        wrong = (flat[starts[:, 0::2]] != _VARINT_FIELD_1) | (
-            ends[:, 0::2] != starts[:, 0::2]
-        )
+        tags, starts, ends = starts[0::2], starts[1::2], ends[1::2]
+        wrong = (b[tags] != _VARINT_FIELD_1) | (nbytes[0::2] != 1)
         if wrong.any():
-            return None, int(np.flatnonzero(wrong.any(axis=1))[0])
-        starts, ends = starts[:, 1::2], ends[:, 1::2]
-    low = flat & 0x7F
-    nbytes = ends - starts + 1
+            return None, int(np.flatnonzero(wrong)[0] // want)
+        nbytes = nbytes[1::2]
     longest = int(nbytes.max())
     if longest > 10:
         raise _Malformed("varint too long", None)
-    values = low[starts].astype(np.int64)
+    # Values of at most 4 bytes (below 2**28) fit int32 exactly.
+    dtype = np.int32 if longest <= 4 else np.int64
+    low = b & 0x7F
+    values = low[starts].astype(dtype)
+    last = total - 1
     for j in range(1, longest):
-        part = low[np.minimum(starts + j, len(low) - 1)].astype(np.int64) << (7 * j)
-        values |= np.where(nbytes > j, part, 0)
-    return values, None
+        part = low[np.minimum(starts + j, last)].astype(dtype) << dtype(7 * j)
+        values |= np.where(nbytes > j, part, 0).astype(dtype, copy=False)
+    return values.reshape(n, want).astype(np.int32, copy=False), None
 
 
 def _decode_batch(buf, starts, ends, max_seq_length, max_predictions_per_seq):
@@ -630,7 +722,9 @@ def _decode_batch(buf, starts, ends, max_seq_length, max_predictions_per_seq):
         "pretraining", max_seq_length, max_predictions_per_seq
     )
     names = list(lengths)
-    spans = _feature_spans(buf, starts, ends, names)
+    spans = _feature_spans_like_first(buf, starts, ends, names)
+    if spans is None:
+        spans = _feature_spans(buf, starts, ends, names)
     for name in names:
         missing = np.flatnonzero(spans[name][0] < 0)
         if len(missing):
@@ -658,23 +752,38 @@ def _decode_batch(buf, starts, ends, max_seq_length, max_predictions_per_seq):
             if (b < 0x80).all():  # every value one byte (masks, labels)
                 out[name] = b.astype(np.int32)
                 continue
-        values = np.zeros((n, want), np.int64)
+        values = None
         for stride, sel in ((1, pk), (2, ~pk)):
             if not sel.any():
                 continue
             idx = np.flatnonzero(sel)
-            got, bad = _int_lists(buf, start[idx], end[idx], stride, want)
+            whole = len(idx) == n
+            got, bad = _int_lists(
+                buf,
+                start if whole else start[idx],
+                end if whole else end[idx],
+                stride,
+                want,
+            )
             if bad is not None:
                 row = int(idx[bad])
-                record = bytes(buf[starts[row] : ends[row]])
-                found = len(parse_example(record)[name][1])
+                try:
+                    record = bytes(buf[starts[row] : ends[row]])
+                    found = len(parse_example(record)[name][1])
+                except (ValueError, KeyError):
+                    found = "another number of"
                 raise _Malformed(
                     f"{name} has {found} values, expected {want}"
                     f"{_setting_hint(name, max_seq_length, max_predictions_per_seq)}",
                     row,
                 )
-            values[idx] = got
-        out[name] = values.astype(np.int32)
+            if whole:
+                values = got
+            else:
+                if values is None:
+                    values = np.zeros((n, want), np.int32)
+                values[idx] = got
+        out[name] = values
     return out
 
 

@@ -290,6 +290,16 @@ def test_other_lengths_name_the_file(tmp_path):
     assert str(e.value).startswith(files[0])
 
 
+def test_decoder_names_the_length_that_differs():
+    serialized = [encode_example(ex) for ex in make_examples(3, seq=24)]
+    with pytest.raises(records.RecordError) as e:
+        records.decode_pretraining_batch(serialized, TINY_SEQ, TINY_PRED, path="f")
+    assert str(e.value) == (
+        "f: not a pretraining record of this schema: record 0 of the batch: "
+        "input_ids has 24 values, expected 32 (max_seq_length=32)"
+    )
+
+
 def test_not_an_example_is_an_error(tmp_path):
     path = str(tmp_path / "junk.tfrecord")
     with open(path, "wb") as f:
