@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import sys
+import uuid
 
 from configs import features, fileio
 from configs.loader import load_resolved
@@ -86,6 +87,12 @@ def export_classifier(
     archive.track(classifier)
     archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[text_spec])
     archive.add_endpoint(TOKENIZE_SIGNATURE, tokenize, input_signature=[text_spec])
+    # A local export is written beside its target and renamed into place,
+    # so a killed export never leaves half a SavedModel under the name
+    # (object stores have no directory rename: written in place there).
+    final_dir, export_dir = export_dir, export_dir
+    if not fileio.is_remote(final_dir):
+        export_dir = f"{final_dir.rstrip(os.sep)}.tmp-{uuid.uuid4().hex[:8]}"
     archive.write_out(export_dir, verbose=False)
 
     extra = fileio.join(export_dir, "assets.extra")
@@ -99,7 +106,13 @@ def export_classifier(
     }
     # Last: model.predict reads the label names from it.
     fileio.write_atomic(fileio.join(extra, LABELS_FILE), json.dumps(info, indent=2))
-    return export_dir
+    if export_dir != final_dir:
+        old = f"{export_dir}.old"
+        if os.path.exists(final_dir):
+            os.replace(final_dir, old)
+        os.replace(export_dir, final_dir)
+        fileio.remove(old)
+    return final_dir
 
 
 def load_finetuned(model_dir: str):
@@ -153,6 +166,15 @@ def run(argv=None) -> str:
         raise ConfigError(f"--export_dir {args.export_dir} is a file")
     if fileio.same_path(args.export_dir, args.model_dir):
         raise ConfigError("--export_dir must not be the --model_dir")
+    if (
+        fileio.isdir(args.export_dir)
+        and fileio.listdir(args.export_dir)
+        and not fileio.exists(fileio.join(args.export_dir, "saved_model.pb"))
+    ):
+        raise ConfigError(
+            f"--export_dir {args.export_dir} holds files but no SavedModel; "
+            "give a new or an earlier export's directory"
+        )
     classifier, cfg, vocab = load_finetuned(args.model_dir)
     max_seq_length = args.max_seq_length or cfg.export.max_seq_length
     if not 8 <= max_seq_length <= cfg.model.max_sequence_length:

@@ -53,6 +53,7 @@ import math
 import os
 import sys
 import time
+import uuid
 
 import keras
 import numpy as np
@@ -319,7 +320,12 @@ class _EvaluateEachEpoch(keras.callbacks.Callback):
         improved = self.best is None or metrics["accuracy"] > self.best["accuracy"]
         if improved:
             self.best = dict(metrics)
-            self.model.save_weights(self._weights_path)
+            # Under a temporary name, then renamed: a run killed while
+            # saving leaves the previous best whole.
+            directory, name = os.path.split(self._weights_path)
+            temp = fileio.join(directory, f"tmp-{uuid.uuid4().hex[:8]}-{name}")
+            self.model.save_weights(temp)
+            fileio.rename(temp, self._weights_path, overwrite=True)
         self._log.write({"kind": "eval", **metrics})
         print(
             f"  epoch {epoch + 1}: train loss {metrics['train_loss']:.4f}, "

@@ -386,6 +386,7 @@ def _check_flags(args) -> tuple[str, list[str], list[str]]:
         raise options.UsageError(
             f"--max_bad_fraction must be in [0, 1], got {args.max_bad_fraction}"
         )
+    options.check_filesystem("--vocab", args.vocab)
     if not FileSystems.exists(args.vocab):
         raise options.UsageError(f"--vocab {args.vocab} does not exist")
     try:

@@ -218,6 +218,7 @@ def parse(argv: list[str] | None):
     if args.seed < 0:
         raise UsageError("seed must be >= 0")
 
+    check_filesystem("vocab", args.vocab)
     if not FileSystems.exists(args.vocab):
         raise UsageError(f"vocab file {args.vocab} does not exist")
     try:
@@ -312,6 +313,20 @@ def is_file(path: str) -> bool:
     return any(m.path.rstrip("/") == path.rstrip("/") for m in matched)
 
 
+def check_filesystem(flag: str, path: str) -> None:
+    """Raises `UsageError` when Beam has no filesystem for `path`'s scheme
+    (e.g. TensorFlow's `ram://`, or `hdfs://` without its extra installed)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        FileSystems.get_filesystem(path)
+    except Exception as e:
+        reason = str(e).splitlines()[0][:200]
+        raise UsageError(
+            f"{flag} {path}: Beam has no filesystem for this path ({reason})"
+        ) from None
+
+
 def check_output_dir(path: str) -> None:
     """Raises `UsageError` unless `path` can be (or is) an output directory.
 
@@ -320,6 +335,7 @@ def check_output_dir(path: str) -> None:
     """
     if not path:
         raise UsageError("output_dir must not be empty")
+    check_filesystem("output_dir", path)
     if is_file(path):
         raise UsageError(f"output_dir {path} is a file, not a directory")
     if "://" in path:

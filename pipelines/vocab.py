@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 def _check_output_writable(output: str) -> None:
     """Fails unless `output` can be created (before any pipeline work)."""
     if "://" in output:
+        options.check_filesystem("--output", output)
         probe = f"{output}.write-check-{uuid.uuid4().hex}"
         try:
             FileSystems.create(probe).close()
@@ -200,8 +201,12 @@ def _delete_counts(counts_dir: str, prefix: str) -> None:
 
 
 def _write_bytes(path: str, data: bytes) -> None:
-    with FileSystems.create(path) as f:
+    """Writes `data` under a temporary name and renames it to `path`, so a
+    killed job never leaves a cut vocabulary under its final name."""
+    temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with FileSystems.create(temp) as f:
         f.write(data)
+    FileSystems.rename([temp], [path])  # replaces an older file
 
 
 def _tool_versions() -> dict[str, str]:

@@ -386,6 +386,14 @@ def test_output_dir_that_is_a_file_stops_before_work(
     for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
         code, err = _main_error(capsys, _argv(corpus_file, vocab_file, out))
         assert code == 2 and len(err) == 1 and "is a file" in err[0], err
+    # Beam has no filesystem for TensorFlow's ram:// (nor for a typo'd scheme).
+    for flag in ("output_dir", "vocab", "input"):
+        argv = [
+            f"--{flag}=ram://x/y" if a.startswith(f"--{flag}=") else a
+            for a in _argv(corpus_file, vocab_file, tmp_path / "o")
+        ]
+        code, err = _main_error(capsys, argv)
+        assert code == 2 and len(err) == 1 and "ram://x/y" in err[0], err
 
 
 def test_any_run_clears_pieces_of_an_interrupted_run(tmp_path, corpus_file, vocab_file):
