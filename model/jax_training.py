@@ -64,6 +64,18 @@ def device_kind():
     return platform if platform in ("tpu", "gpu") else "cpu"
 
 
+def on_host(fn, *args):
+    """`float(fn(*args))` computed on the host CPU device.
+
+    On an accelerator the small computation would queue behind the train
+    call in flight, and reading it back would wait for that call.
+    """
+    import jax
+
+    with jax.default_device(jax.devices("cpu")[0]):
+        return float(fn(*args))
+
+
 def process_index_and_count():
     import jax
 

@@ -514,10 +514,8 @@ class _TensorFlowSteps:
 
     def reschedule(self, total_steps, warmup_steps):
         """Sets the schedule and (re)builds the compiled loop for it."""
-        schedule = self.inner.learning_rate
-        if hasattr(schedule, "total_steps"):
-            schedule.total_steps = int(total_steps)
-            schedule.warmup_steps = int(warmup_steps)
+        self.schedule = _schedule(self.cfg.pretrain, total_steps, warmup_steps)
+        self.inner.learning_rate = self.schedule
         self.train_loop = self._build_loop()
 
     def start_input(self, start_step):
@@ -599,10 +597,7 @@ class _TensorFlowSteps:
         return {k: float(v) for k, v in out.items()}
 
     def learning_rate(self, step):
-        inner = self.inner
-        if callable(inner.learning_rate):
-            return float(inner.learning_rate(inner.iterations - 1))
-        return float(inner.learning_rate)
+        return float(self.schedule(step))
 
     def save(self, step):
         self.state.save(step)
@@ -686,10 +681,8 @@ class _JaxSteps:
         self.state = self.jt.initial_state(self.pretrainer, self.optimizer)
 
     def reschedule(self, total_steps, warmup_steps):
-        schedule = self.optimizer.learning_rate
-        if hasattr(schedule, "total_steps"):
-            schedule.total_steps = int(total_steps)
-            schedule.warmup_steps = int(warmup_steps)
+        self.schedule = _schedule(self.cfg.pretrain, total_steps, warmup_steps)
+        self.optimizer.learning_rate = self.schedule
         # The schedule's numbers are constants of the traced step: jit anew.
         self.train_call = self.jt.make_train_call(
             self.pretrainer,
@@ -733,10 +726,7 @@ class _JaxSteps:
         return dict(zip(self.jt.METRIC_KEYS, np.asarray(out).tolist()))
 
     def learning_rate(self, step):
-        schedule = self.optimizer.learning_rate
-        if callable(schedule):
-            return float(schedule(step))
-        return float(schedule)
+        return self.jt.on_host(self.schedule, step)
 
     def save(self, step):
         self.checkpoints.save(step, self.state)
@@ -744,6 +734,12 @@ class _JaxSteps:
     def finish(self):
         # Final weights back into the Keras variables (for save_weights).
         self.jt.assign_state(self.pretrainer, self.optimizer, self.state)
+
+
+def _schedule(p, total_steps, warmup_steps):
+    from model.optimization import WarmupLinearDecay
+
+    return WarmupLinearDecay(p.learning_rate, total_steps, warmup_steps)
 
 
 def _masker(cfg, vocab):

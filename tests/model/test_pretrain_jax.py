@@ -64,7 +64,9 @@ def jax_run_dir(tmp_path_factory):
     data = write_records(base / "records")
     model_dir = str(base / "run")
     out = jax_pretrain(
-        tiny_flags(data, model_dir, steps=6, masking="dynamic", steps_per_loop=2)
+        tiny_flags(
+            data, model_dir, steps=6, masking="dynamic", steps_per_loop=2, log_every=2
+        )
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     return model_dir
@@ -237,12 +239,12 @@ def test_bad_records_stop_a_jax_run_with_one_line(tmp_path, fault, message):
     path = os.path.join(data, shard)
     argv = tiny_flags(data, str(tmp_path / "run"), steps=2)
     if fault == "gzip":
+        # gzip bytes under an uncompressed name (.gz names are read as gzip).
         import gzip
 
         with open(path, "rb") as f:
             raw = f.read()
-        os.remove(path)
-        with gzip.open(path + ".gz", "wb") as f:
+        with gzip.open(path, "wb") as f:
             f.write(raw)
     elif fault == "truncate":
         size = os.path.getsize(path)
