@@ -104,20 +104,25 @@ def _no_records(files):
     )
 
 
-def check_records(files, max_seq_length, max_predictions_per_seq):
-    """Checks the first record of every file before any training starts.
+def check_records(
+    files, max_seq_length, max_predictions_per_seq, *, walk_limit_bytes=4 << 30
+):
+    """Checks the record files before any training starts.
 
-    Reads one small chunk per file: the TFRecord framing and CRCs of the
-    first record, the compression against the file name, and the record's
-    lengths against the config. Returns the number of files that hold
-    records.
+    Reads the first record of every file: its TFRecord framing and CRCs,
+    the compression against the file name, and the record's lengths against
+    the config. Local uncompressed files are also walked frame by frame
+    (`configs.records.count_records`: length CRCs and no cut-short last
+    record, about a microsecond per record) when they total at most
+    `walk_limit_bytes`; the others are checked as they are read. Returns
+    the number of files that hold records.
 
     Raises:
         ValueError (`configs.records.RecordError` naming the file): a file
-            that is damaged, compressed unlike its name, or holds records of
-            other lengths; gzip and uncompressed files mixed (the tf.data
-            reader takes one compression for all); or no file holds any
-            record.
+            that is damaged or cut short, compressed unlike its name, or
+            holds records of other lengths; gzip and uncompressed files
+            mixed (the tf.data reader takes one compression for all); or no
+            file holds any record.
     """
     files = list(files)
     if not files:
@@ -130,6 +135,8 @@ def check_records(files, max_seq_length, max_predictions_per_seq):
             "gzip and uncompressed record files are mixed "
             f"({files[0]} is {'' if gz[0] else 'not '}gzip); use one kind",
         )
+    walk = not any(gz) and not any(fileio.is_remote(f) for f in files)
+    walk = walk and sum(os.path.getsize(f) for f in files) <= walk_limit_bytes
     nonempty = 0
     for path in files:
         first = records.read_first_record(path)
@@ -144,6 +151,8 @@ def check_records(files, max_seq_length, max_predictions_per_seq):
                 f"{pred}; the config has {max_seq_length}, "
                 f"{max_predictions_per_seq}",
             )
+        if walk:
+            records.count_records(path)
     if not nonempty:
         raise _no_records(files)
     return nonempty

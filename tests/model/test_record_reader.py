@@ -245,7 +245,14 @@ def test_truncated_file_names_the_file(tmp_path):
     directory = write_records(tmp_path / "r", num=40, num_shards=2)
     files = data.list_record_files(directory)
     cut = files[0]
+    assert [records.count_records(f) for f in files] == [20, 20]
     os.truncate(cut, os.path.getsize(cut) - 30)
+    # Before training: local files are walked frame by frame.
+    with pytest.raises(records.RecordError, match="truncated") as e:
+        data.check_records(files, TINY_SEQ, TINY_PRED)
+    assert str(e.value).startswith(cut) and "after 19 whole" in str(e.value)
+    # Not walked (too big, remote or gzip): the reader names it when met.
+    data.check_records(files, TINY_SEQ, TINY_PRED, walk_limit_bytes=0)
     with pytest.raises(records.RecordError, match="truncated") as e:
         list(numpy_batches(files, shuffle_buffer=0, repeat=False))
     assert str(e.value).startswith(cut)
@@ -343,6 +350,14 @@ def test_pretrain_names_a_damaged_file(tmp_path):
     flip_byte(bad, 20)
     message = run_pretrain_error(directory, tmp_path)
     assert bad in message and "CRC" in message
+
+
+def test_pretrain_names_a_cut_file(tmp_path):
+    directory = write_records(tmp_path / "r", num=16, num_shards=2)
+    cut = data.list_record_files(directory)[1]
+    os.truncate(cut, os.path.getsize(cut) - 5)
+    message = run_pretrain_error(directory, tmp_path)
+    assert cut in message and "truncated" in message
 
 
 def test_pretrain_names_records_of_other_lengths(tmp_path):
