@@ -87,7 +87,7 @@ def test_choice_frequencies_match_the_rule(impl, case, masks):
     chosen = props.check_masks(case, outputs)
     got = props.word_frequencies(case, chosen)
     want = props.rule_word_frequencies(case)
-    # 2,000 draws: one standard deviation is at most 0.011.
+    # 2,048 draws: one standard deviation is at most 0.011.
     np.testing.assert_allclose(got, want, atol=0.045)
 
 
