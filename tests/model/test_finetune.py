@@ -272,6 +272,11 @@ def test_records_made_for_another_length_stop_before_training(
     other_vocab.write_text(open(vocab_file).read() + "extra\n")
     with pytest.raises(ConfigError, match="vocab_size is"):
         finetune.run(args + [f"--vocab={other_vocab}"])
+    # A shard cut short (a writer killed mid-file) is named before training.
+    shard = sorted(records.glob("classification-*.tfrecord"))[0]
+    shard.write_bytes(shard.read_bytes()[:-7])
+    with pytest.raises(ConfigError, match=f"{shard}.*cut-short record"):
+        finetune.run(args)
 
 
 def test_label_sets_that_differ_stop_with_one_line(tmp_path, vocab_file):
