@@ -229,3 +229,26 @@ def test_multi_worker_two_local_processes(records_dir, tmp_path):
     records = _metrics(str(tmp_path / "run"))
     assert [r["step"] for r in records] == [1, 2, 3]
     assert os.path.exists(str(tmp_path / "run" / "encoder.weights.h5"))
+
+
+def test_budget_sizes_steps_and_schedule_to_the_wall_clock(records_dir, tmp_path):
+    import yaml
+
+    model_dir = str(tmp_path / "run")
+    argv = tiny_flags(records_dir, model_dir, steps=10**6, save_every=10**6)
+    argv += [
+        "--budget_minutes=0.25",
+        "--log_every=5",
+        "--set=pretrain.warmup_fraction=0.1",
+    ]
+    pretrain.run(argv)
+    with open(os.path.join(model_dir, "config.yaml")) as f:
+        p = yaml.safe_load(f)["pretrain"]
+    records = _metrics(model_dir)
+    # The run ended at the step count it fixed after timing, and recorded it.
+    assert 5 < p["steps"] < 10**6
+    assert records[-1]["step"] == p["steps"]
+    assert p["warmup_steps"] == max(1, round(0.1 * p["steps"]))
+    # The schedule was resized to it: the rate decays to ~0 at the end.
+    assert records[-1]["learning_rate"] <= 1e-3 * 2 / (0.9 * p["steps"]) + 1e-12
+    assert os.path.exists(os.path.join(model_dir, "encoder.weights.h5"))
