@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 
+from configs import masking_rule
 import masking_properties as props
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -97,3 +98,56 @@ def test_keras_masker_draws_the_same_masks_on_both_backends(jax_outputs):
             _in_process("keras_tensorflow", case), jax_outputs[case]
         ):
             np.testing.assert_array_equal(tf_out, jax_out, err_msg=case)
+
+
+# === The rule's own tables ===
+def test_budget_is_pythons_round_capped_and_at_least_one():
+    rule = masking_rule.MaskingRule.create(
+        props.VOCAB, max_predictions_per_seq=76, masked_lm_prob=0.15
+    )
+    table = rule.budget_table(512)
+    assert table.dtype == np.int32 and table.shape == (513,)
+    assert table[0] == table[1] == 1  # at least one
+    assert rule.budget(30) == 4  # round(4.5): half to even
+    # float32 would give 29 here (28.500002); the table holds float64's 28.
+    assert rule.budget(190) == round(190 * 0.15) == 28
+    assert table.tolist() == [min(76, max(1, round(n * 0.15))) for n in range(513)]
+    assert table.max() == 76  # capped at max_predictions_per_seq
+
+
+def test_never_chosen_ids_are_every_bracketed_token():
+    tokens = props.VOCAB + ["[", "]", "[]", "[foo]"]
+    vocab = masking_rule.masking_vocab(tokens)
+    never = [t for t, n in zip(tokens, vocab.never_chosen) if n]
+    assert never == [
+        "[PAD]",
+        "[unused0]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "[unused1]",
+        "[foo]",
+    ]
+    # Ordinary random replacements are exactly the selectable tokens.
+    assert vocab.random_ids.tolist() == np.flatnonzero(~vocab.never_chosen).tolist()
+    assert tokens[vocab.mask_id] == "[MASK]"
+    assert vocab.continuation.tolist() == [t.startswith("##") for t in tokens]
+
+
+def test_rule_from_data_config_and_bad_settings():
+    from configs.schema import DataConfig
+
+    rule = masking_rule.MaskingRule.from_config(
+        props.VOCAB, DataConfig(whole_word_mask=True, random_tokens="any")
+    )
+    assert rule.whole_word_mask and len(rule.vocab.random_ids) == len(props.VOCAB)
+    assert rule.replacement_thresholds(24) == (13421773, 15099494)
+    with pytest.raises(ValueError, match="random_tokens"):
+        masking_rule.masking_vocab(props.VOCAB, "bracketed")
+    with pytest.raises(ValueError, match="masked_lm_prob"):
+        masking_rule.MaskingRule.create(
+            props.VOCAB, max_predictions_per_seq=5, masked_lm_prob=1.5
+        )
+    with pytest.raises(ValueError, match="no ordinary tokens"):
+        masking_rule.masking_vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
