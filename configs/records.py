@@ -127,12 +127,9 @@ def crc32c_many(records: list[bytes]) -> np.ndarray:
     if lengths.min() < 4:  # the algebra below needs four bytes
         return np.array([_crc32c_bytewise(r) for r in records], np.uint32)
     width = -(-int(lengths.max()) // 4) * 4
-    matrix = np.zeros((n, width), np.uint8)
-    flat = np.frombuffer(b"".join(records), np.uint8)
-    rows = np.repeat(np.arange(n), lengths)
-    ends = np.cumsum(lengths)
-    cols = np.arange(len(flat)) + np.repeat(width - ends, lengths)
-    matrix[rows, cols] = flat
+    zeros = bytes(width)
+    padded = b"".join([zeros[: width - len(r)] + r for r in records])
+    matrix = np.frombuffer(padded, np.uint8).reshape(n, width).copy()
     # Complement the first four bytes of each record.
     first = (width - lengths)[:, None] + np.arange(4)
     matrix[np.arange(n)[:, None], first] ^= 0xFF
@@ -242,14 +239,19 @@ def _chunks(path, chunk_bytes):
 
 
 def iter_record_blocks(
-    path: str, *, check_crc: bool = True, chunk_bytes: int = _CHUNK_BYTES
+    path: str,
+    *,
+    check_crc: bool | str = True,
+    chunk_bytes: int = _CHUNK_BYTES,
 ) -> Iterator[list[bytes]]:
     """Yields the records of one TFRecord file, a list per chunk read.
 
     Args:
         path: local or remote (`scheme://`, via tf.io.gfile) file; `*.gz`
             files are gunzipped.
-        check_crc: verify both masked CRC32Cs of every frame.
+        check_crc: verify both masked CRC32Cs of every frame (True: with
+            google-crc32c where installed, else numpy; "numpy": always the
+            numpy fallback, `crc32c_many`).
         chunk_bytes: bytes read (or inflated) at a time.
 
     Raises:
@@ -287,7 +289,7 @@ def iter_record_blocks(
             block.append(buf[pos + 12 : end])
             pos = end + 4
         if block and check_crc:
-            _check_data_crcs(path, buf, block, offsets)
+            _check_data_crcs(path, buf, block, offsets, check_crc != "numpy")
         if block:
             yield block
     if pos < len(buf):
@@ -298,8 +300,8 @@ def iter_record_blocks(
         )
 
 
-def _check_data_crcs(path, buf, block, offsets):
-    if _FAST_CRC:
+def _check_data_crcs(path, buf, block, offsets, use_google=True):
+    if _FAST_CRC and use_google:
         value = _google_crc32c.value
         unpack = _CRC.unpack_from
         for record, end in zip(block, offsets):

@@ -200,7 +200,9 @@ def numpy_pretraining_batches(
         shuffle_files: shuffle the file order each epoch (default: when
             `shuffle_buffer > 0`).
         prefetch: batches decoded ahead.
-        check_crc: verify the masked CRC32C of every record.
+        check_crc: verify the masked CRC32Cs of every record (True, or
+            "numpy" to force the numpy CRC32C; see
+            `configs.records.iter_record_blocks`).
 
     Returns an iterator (`NumpyBatches`; `close()` stops its thread) of
     dicts: int32 `[batch_size, max_seq_length]` `input_ids`/`input_mask`/

@@ -235,6 +235,9 @@ def test_crc_mismatch_names_the_file(tmp_path):
     with pytest.raises(records.RecordError, match="data CRC") as e:
         list(numpy_batches(files, shuffle_buffer=0, repeat=False))
     assert str(e.value).startswith(bad) and e.value.path == bad
+    with pytest.raises(records.RecordError, match="data CRC"):
+        list(records.iter_record_blocks(bad, check_crc="numpy"))
+    list(records.iter_record_blocks(files[0], check_crc="numpy"))
     flip_byte(files[0], 3)  # the first frame's length
     with pytest.raises(records.RecordError, match="CRC of the length") as e:
         data.check_records(files, TINY_SEQ, TINY_PRED)
