@@ -137,9 +137,18 @@ def check_records(
         )
     walk = not any(gz) and not any(fileio.is_remote(f) for f in files)
     walk = walk and sum(os.path.getsize(f) for f in files) <= walk_limit_bytes
+    if any(fileio.is_remote(f) for f in files):
+        # Remote reads wait on the network: fetch first records in parallel.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(16) as pool:
+            firsts = list(pool.map(_first_or_error, files))
+    else:
+        firsts = map(_first_or_error, files)
     nonempty = 0
-    for path in files:
-        first = records.read_first_record(path)
+    for path, first in zip(files, firsts):
+        if isinstance(first, Exception):
+            raise first
         if first is None:
             continue
         nonempty += 1
@@ -156,6 +165,13 @@ def check_records(
     if not nonempty:
         raise _no_records(files)
     return nonempty
+
+
+def _first_or_error(path):
+    try:
+        return records.read_first_record(path)
+    except ValueError as e:  # raised in file order by the caller
+        return e
 
 
 # === numpy batches (no TensorFlow) ===

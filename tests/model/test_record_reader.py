@@ -158,6 +158,22 @@ def test_processes_read_disjoint_complete_shares(tmp_path, process_count, num_fi
     assert set(seen) == everything  # complete
 
 
+def test_remote_paths_read_through_tf_gfile(tmp_path):
+    # TensorFlow's in-memory filesystem stands in for gs://.
+    local = write_records(tmp_path / "r", num=24, num_shards=3)
+    remote = f"ram://{tmp_path.name}/records"
+    tf.io.gfile.makedirs(remote)
+    for name in os.listdir(local):
+        tf.io.gfile.copy(os.path.join(local, name), f"{remote}/{name}")
+    files = data.list_record_files(remote)
+    assert [os.path.basename(f) for f in files] == sorted(
+        n for n in os.listdir(local) if ".tfrecord" in n
+    )
+    assert data.check_records(files, TINY_SEQ, TINY_PRED) == 3
+    got = list(numpy_batches(files, batch_size=3, shuffle_buffer=0, repeat=False))
+    assert_same_batches(tf_batches(data.list_record_files(local), 3), got)
+
+
 def test_shuffle_is_seeded_and_repeats(records_dir):
     files = data.list_record_files(records_dir)  # 64 records
 
