@@ -270,6 +270,24 @@ def _check_runner(pipeline_options) -> None:
     except (ValueError, ImportError) as e:
         raise UsageError(str(e).splitlines()[0]) from None
     _check_engine(pipeline_options, runner.rsplit(".", 1)[-1])
+    _lift_job_deadline(pipeline_options, runner.rsplit(".", 1)[-1])
+
+
+# Beam 2.77's portable runners also use --job_server_timeout (default 300 s)
+# as the deadline of the running job's state and message streams, so a job
+# on Prism, Flink or Spark that runs over 5 minutes dies with
+# DEADLINE_EXCEEDED. Unless the user set it, it is raised to this.
+LONG_JOB_SERVER_TIMEOUT = 7 * 24 * 3600
+_PORTABLE_RUNNERS = ("PrismRunner", "FlinkRunner", "SparkRunner", "PortableRunner")
+
+
+def _lift_job_deadline(pipeline_options, runner: str) -> None:
+    from apache_beam.options.pipeline_options import PortableOptions
+
+    given = pipeline_options.get_all_options(drop_default=True)
+    if runner in _PORTABLE_RUNNERS and "job_server_timeout" not in given:
+        portable = pipeline_options.view_as(PortableOptions)
+        portable.job_server_timeout = LONG_JOB_SERVER_TIMEOUT
 
 
 # Runner -> the flag naming its local engine, which Beam would otherwise

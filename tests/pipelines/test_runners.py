@@ -27,7 +27,7 @@ import time
 import apache_beam as beam
 import pytest
 
-from pipelines import classification_data, pretraining_data, tfrecords, vocab
+from pipelines import classification_data, options, pretraining_data, tfrecords, vocab
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ENGINES_DIR = pathlib.Path(os.environ.get("ENGINES_DIR", ROOT / ".engines"))
@@ -300,6 +300,36 @@ def test_missing_engine_is_one_line_naming_make_engines(
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "`make engines`" in err[0]
+
+
+@pytest.mark.parametrize(
+    "flags, timeout",
+    [
+        (["--runner=PrismRunner", f"--prism_location={sys.executable}"], 604800),
+        (["--runner=PortableRunner", "--job_endpoint=localhost:1"], 604800),
+        (
+            [
+                "--runner=PrismRunner",
+                f"--prism_location={sys.executable}",
+                "--job_server_timeout=42",
+            ],
+            42,
+        ),
+        (["--runner=DirectRunner"], 300),
+    ],
+)
+def test_portable_jobs_outlive_beams_default_job_deadline(
+    flags, timeout, inputs, tmp_path
+):
+    """Beam uses --job_server_timeout (300 s) as the running job's stream
+    deadline: a Prism job of the 1 GB benchmark died at 5 minutes with
+    DEADLINE_EXCEEDED. The jobs lift it unless the user set it."""
+    from apache_beam.options.pipeline_options import PortableOptions
+
+    _, pipeline_options = options.parse(
+        _pretraining_argv(inputs["corpus"], inputs["vocab"], tmp_path) + flags
+    )
+    assert pipeline_options.view_as(PortableOptions).job_server_timeout == timeout
 
 
 # === gs:// against a local GCS emulator ===
