@@ -22,7 +22,8 @@ WORK="${WORK:-/tmp/gpu_run}"
 rm -rf "$WORK" && mkdir -p "$WORK"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target /tmp/site .whl/*.whl || exit 1
+    --upgrade --target /tmp/site --find-links .whl \
+    keras keras-hub namex optree regex tokenizers || exit 1
   export PYTHONPATH=/tmp/site:.
 else
   export PYTHONPATH=.

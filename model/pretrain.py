@@ -380,10 +380,13 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint=""):
         runner.finish()
         _save_weights(runner.backbone, fileio.join(model_dir, ENCODER_WEIGHTS_FILE))
         metrics_path = fileio.join(model_dir, training.METRICS_FILE)
-        if fileio.exists(metrics_path):
-            training.plot_metrics(
-                metrics_path, fileio.join(model_dir, training.PLOT_FILE)
-            )
+        try:
+            if fileio.exists(metrics_path):
+                training.plot_metrics(
+                    metrics_path, fileio.join(model_dir, training.PLOT_FILE)
+                )
+        except ImportError:  # a lean accelerator image without matplotlib
+            print(f"note: matplotlib is not installed: no {training.PLOT_FILE}")
     return values
 
 
