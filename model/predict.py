@@ -103,7 +103,8 @@ def _decoded(raw_lines, what: str):
                 text.encode("utf-8")  # lone surrogates fail here
             yield number, text, None
         except UnicodeError as e:
-            yield number, None, f"{what} {number} is not valid UTF-8 ({e.reason} at byte {e.start})"
+            reason = f"{e.reason} at position {e.start}"
+            yield number, None, f"{what} {number} is not valid UTF-8 ({reason})"
 
 
 def _batches(items, batch_size):
@@ -121,16 +122,15 @@ def _answer(predictor, batch) -> list[dict]:
     own answer."""
     texts = [text for _, text, error in batch if error is None]
     try:
-        results = iter(predictor(texts))
-    except Exception:  # the model refused something in this batch
-        if len(texts) < 2:
-            results = None
-        else:
+        results, failure = iter(predictor(texts)), None
+    except Exception as e:  # the model refused something in this batch
+        if len(texts) > 1:
             return [out for item in batch for out in _answer(predictor, [item])]
+        results, failure = None, f"{type(e).__name__}: {str(e).splitlines()[0]}"
     out = []
     for number, text, error in batch:
         if error is None and results is None:
-            error = f"line {number} could not be classified"
+            error = f"line {number} could not be classified ({failure})"
         if error is not None:
             out.append({"line": number, "error": error})
         else:

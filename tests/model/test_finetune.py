@@ -411,6 +411,7 @@ def test_wrong_kinds_of_paths_are_one_line_exit_2(
         assert err[0].startswith("error: ") and message in err[0], err
 
 
+@pytest.mark.slow  # a whole fine-tune + export: ~30 s on a busy 2-core box
 def test_finetune_and_export_on_ram_filesystem(tmp_path, sst_files, vocab_file):
     # TensorFlow's in-memory filesystem stands in for gs:// (every file of
     # the run: inputs, vocabulary, model_dir, export).
