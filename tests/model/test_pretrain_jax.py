@@ -94,21 +94,39 @@ def test_jax_run_writes_what_the_tf_run_writes(jax_run_dir):
     assert records[-1]["learning_rate"] == pytest.approx(1e-3 * (1 - 5 / 6))
 
 
-def test_jax_encoder_fine_tunes_under_tensorflow(jax_run_dir):
-    # The pytest process is on TensorFlow: the JAX run's weights load here.
+def test_jax_encoder_fine_tunes_and_exports_under_tensorflow(jax_run_dir, tmp_path):
+    # The pytest process is on TensorFlow: the JAX run's weights load here,
+    # fine-tune with `model.finetune --init_checkpoint` and export.
+    import tensorflow as tf
+
+    from model import export, finetune
     from model.bert_backbone import load_pretrained_backbone
 
     backbone = load_pretrained_backbone(jax_run_dir)
     assert backbone.hidden_dim == 16
-    ids = np.full((2, TINY_SEQ), 7, "int32")
-    out = backbone(
-        {
-            "input_ids": ids,
-            "input_mask": np.ones_like(ids),
-            "segment_ids": np.zeros_like(ids),
-        }
+    rows = ["sentence\tlabel"] + [f"w{i} w{i + 1}\t{i % 2}" for i in range(16)]
+    train = tmp_path / "train.tsv"
+    train.write_text("\n".join(rows) + "\n")
+    model_dir, serving = str(tmp_path / "ft"), str(tmp_path / "serving")
+    finetune.run(
+        [
+            "--config=configs/finetune/sst2.yaml",
+            f"--train={train}",
+            f"--eval={train}",
+            f"--model_dir={model_dir}",
+            f"--init_checkpoint={jax_run_dir}",
+            "--max_steps=2",
+            "--set=finetune.batch_size=8",
+            "--set=finetune.max_seq_length=16",
+        ]
     )
-    assert np.all(np.isfinite(np.asarray(out["pooled_output"])))
+    export.run([f"--model_dir={model_dir}", f"--export_dir={serving}"])
+    outputs = tf.saved_model.load(serving).signatures["serving_default"](
+        text=tf.constant(["w1 w2", "w3"])
+    )
+    probabilities = outputs["probabilities"].numpy()
+    assert probabilities.shape == (2, 2)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=1e-5)
 
 
 def test_sigkilled_jax_run_resumes_without_lost_or_repeated_steps(
