@@ -425,7 +425,20 @@ def test_finetune_and_export_on_ram_filesystem(tmp_path, sst_files, vocab_file):
     train, dev, vocab = (
         f"{ram}/in/{os.path.basename(p)}" for p in (*sst_files, vocab_file)
     )
-    result = finetune.run(_args(train, dev, f"{ram}/ft", vocab, "--max_steps=1"))
+    ckpt, _ = _pretraining_dir(tmp_path, vocab_file, hidden_dim=8)
+    for name in ("config.yaml", ENCODER_WEIGHTS_FILE):
+        tf.io.gfile.copy(f"{ckpt}/{name}", f"{ram}/pretrain/{name}", overwrite=True)
+    result = finetune.run(
+        _args(
+            train,
+            dev,
+            f"{ram}/ft",
+            vocab,
+            "--max_steps=1",
+            f"--init_checkpoint={ram}/pretrain",
+        )
+    )
+    assert result["init"] == f"ours:{ram}/pretrain"
     assert result["num_train"] == 16
     for name in (
         finetune.BEST_WEIGHTS_FILE,
