@@ -157,8 +157,11 @@ class DynamicMasker:
                 `[b, p]` (the stored masks, undone first); other keys
                 (`next_sentence_labels`) pass through. `s` and `p` must be
                 static; `p == max_predictions_per_seq`.
-            seed: int32 (or uint32) `[2]` tensor or pair of ints; equal
-                seeds give equal masks, on either backend.
+            seed: int32 (or uint32) `[2]` tensor or pair of ints. Equal
+                seeds give equal masks on either backend and however the
+                batch is sharded (the draws depend on the seed and each
+                token's global row and column only); use a new seed per
+                step, e.g. `(run_seed, step)`.
 
         Returns a new dict: `input_ids` with the chosen tokens replaced,
         `masked_lm_positions` (ascending, then 0), `masked_lm_ids` (the
@@ -199,7 +202,8 @@ class DynamicMasker:
             # Exactly min(budget, selectable) positions, uniformly: those
             # with the smallest keys (unique, so the threshold is exact).
             key = _order_keys(bits(_ORDER), selectable, column, seq)
-            ordered = ops.sort(key, axis=1)  # sort, not top_k: 10x faster on XLA:CPU
+            # (A sort, not top_k: XLA:CPU's top_k is ~10x slower.)
+            ordered = ops.sort(key, axis=1)
             threshold = ops.take_along_axis(ordered, budget[:, None] - 1, axis=1)
             chosen = ops.logical_and(selectable, key <= threshold)
 
@@ -208,6 +212,7 @@ class DynamicMasker:
         t_mask, t_keep = rule.replacement_thresholds(_REPLACEMENT_BITS)
         num_random = len(vocab.random_ids)
         scale = np.float32(num_random / 2.0**_REPLACEMENT_BITS)
+        # Random id: floor(u * n / 2**24) for u uniform in [0, 2**24).
         index = ops.cast(ops.right_shift(bits(_RANDOM_ID), _u32(8)), "float32")
         index = ops.minimum(ops.cast(ops.floor(index * scale), "int32"), num_random - 1)
         replacement = ops.where(
