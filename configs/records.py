@@ -719,12 +719,13 @@ def _list_payloads(buf, start, end, list_tag, value_tag):
     return payload_start, payload_end, packed
 
 
-def _int_lists(buf, start, end, stride, want):
+def _int_lists(raw, start, end, stride, want):
     """Values of packed (`stride` 1) or unpacked (2) int64 lists, `[n, want]`.
 
-    `[start, end)` is each record's list payload. All payload bytes are
-    gathered back to back, the varint ends found with one `flatnonzero`,
-    and each value assembled from its (at most 10) bytes. Values are cast
+    `[start, end)` is each record's list payload in `raw` (the batch's
+    bytes). All payload bytes are joined back to back, the varint ends
+    found with one `flatnonzero`, and each value assembled from its (at
+    most 10) bytes, last (most significant) first. Values are cast
     to int32 as `tf.cast` does (two's complement wrap). Returns (int32
     values, None), or (None, index of a row whose count of values is not
     `want`).
@@ -734,7 +735,9 @@ def _int_lists(buf, start, end, stride, want):
     count = want * stride
     offsets = np.cumsum(size) - size
     total = int(size.sum())
-    b = buf[np.arange(total) + np.repeat(start - offsets, size)]
+    b = np.frombuffer(
+        b"".join([raw[i:j] for i, j in zip(start.tolist(), end.tolist())]), np.uint8
+    )
     ends = np.flatnonzero(b < 0x80)
     row_ends = offsets + size - 1
     if len(ends) != n * count or (ends.reshape(n, count)[:, -1] != row_ends).any():
@@ -756,19 +759,20 @@ def _int_lists(buf, start, end, stride, want):
     longest = int(nbytes.max())
     if longest > 10:
         raise _Malformed("varint too long", None)
-    # Values of at most 4 bytes (below 2**28) fit int32 exactly.
-    dtype = np.int32 if longest <= 4 else np.int64
-    low = b & 0x7F
-    values = low[starts].astype(dtype)
-    last = total - 1
+    # Values of at most 4 bytes (below 2**28) fit 32 bits exactly.
+    dtype = np.uint32 if longest <= 4 else np.uint64
+    low = (b & 0x7F).astype(dtype)
+    values = low[ends]
+    seven = dtype(7)
     for j in range(1, longest):
-        part = low[np.minimum(starts + j, last)].astype(dtype) << dtype(7 * j)
-        values |= np.where(nbytes > j, part, 0).astype(dtype, copy=False)
-    return values.reshape(n, want).astype(np.int32, copy=False), None
+        values = np.where(nbytes > j, (values << seven) | low[ends - j], values)
+    signed = values.view(np.int32 if dtype is np.uint32 else np.int64)
+    return signed.reshape(n, want).astype(np.int32, copy=False), None
 
 
-def _decode_batch(buf, starts, ends, max_seq_length, max_predictions_per_seq):
+def _decode_batch(raw, starts, ends, max_seq_length, max_predictions_per_seq):
     n = len(starts)
+    buf = np.frombuffer(raw, np.uint8)
     lengths = features.feature_lengths(
         "pretraining", max_seq_length, max_predictions_per_seq
     )
@@ -799,9 +803,11 @@ def _decode_batch(buf, starts, ends, max_seq_length, max_predictions_per_seq):
             out[name] = _float_lists(buf, start, size, pk, want, name)
             continue
         if pk.all() and (size == want).all():
-            b = buf[start[:, None] + np.arange(want)]
+            b = np.frombuffer(
+                b"".join([raw[i : i + want] for i in start.tolist()]), np.uint8
+            )
             if (b < 0x80).all():  # every value one byte (masks, labels)
-                out[name] = b.astype(np.int32)
+                out[name] = b.reshape(n, want).astype(np.int32)
                 continue
         values = None
         for stride, sel in ((1, pk), (2, ~pk)):
@@ -810,7 +816,7 @@ def _decode_batch(buf, starts, ends, max_seq_length, max_predictions_per_seq):
             idx = np.flatnonzero(sel)
             whole = len(idx) == n
             got, bad = _int_lists(
-                buf,
+                raw,
                 start if whole else start[idx],
                 end if whole else end[idx],
                 stride,
@@ -903,9 +909,9 @@ def decode_pretraining_batch(
     ends = np.cumsum(lengths)
     starts = ends - lengths
     # 16 spare bytes: vectorized reads may look past a (bad) record's end.
-    buf = np.frombuffer(b"".join(records) + bytes(16), np.uint8)
+    raw = b"".join(records) + bytes(16)
     try:
-        return _decode_batch(buf, starts, ends, max_seq_length, max_predictions_per_seq)
+        return _decode_batch(raw, starts, ends, max_seq_length, max_predictions_per_seq)
     except _Malformed as e:
         message, row = e.args
         if row is not None:
