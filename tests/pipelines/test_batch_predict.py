@@ -334,7 +334,11 @@ def test_handler_scores_like_serving_default(model):
 def test_handler_average_scores_windows(model):
     handler = bp.SavedModelTextHandler(model["serving"], long_text="average")
     loaded = handler.load_model()
-    windows = loaded.windows(LONG, stride=loaded.max_pieces // 2)
+    (windows,) = loaded.windows([LONG], stride=loaded.max_pieces // 2)
+    other = "Ünïcode CAFÉ " + LONG.upper()
+    assert loaded.windows([other, "good", LONG], stride=7) == [
+        loaded.windows([t], stride=7)[0] for t in (other, "good", LONG)
+    ]
     assert len(windows) > 2 and all(w in LONG for w in windows)
     assert max(loaded.lengths(windows)) <= loaded.max_pieces
     short, long_ = handler.run_inference(["good film", LONG], loaded)
