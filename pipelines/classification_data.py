@@ -57,6 +57,11 @@ SHARD_PREFIX = "classification"
 SHARD_SUFFIX = ".tfrecord"
 DEAD_LETTER_FILE = "dead_letter.jsonl"
 _SUMMARY_PREFIX = "_summary"  # temporary per-run counts, merged into metadata
+# Beam's file sinks write under `beam-temp-<name>-<uuid>` beside their output
+# and finalize by renaming; a killed job leaves these behind.
+BEAM_TEMP_PREFIXES = tuple(
+    f"beam-temp-{name}-" for name in (SHARD_PREFIX, DEAD_LETTER_FILE, _SUMMARY_PREFIX)
+)
 
 # === Counters (namespace = the transform's class name) ===
 PARSE_NAMESPACE = "ParseLabelledRows"
@@ -400,7 +405,7 @@ def _check_flags(args) -> tuple[str, list[str], list[str]]:
     for path in files:
         _check_readable_to_end(path)
     options.check_output_dir(args.output_dir)
-    if not args.overwrite and options._non_empty(args.output_dir):
+    if not args.overwrite and options._non_empty(args.output_dir, BEAM_TEMP_PREFIXES):
         raise options.UsageError(
             f"--output_dir {args.output_dir} is not empty (pass --overwrite)"
         )
@@ -408,11 +413,14 @@ def _check_flags(args) -> tuple[str, list[str], list[str]]:
 
 
 def _clear_outputs(output_dir: str) -> None:
-    """Removes a previous run's outputs, `metadata.json` (the commit marker)
-    first, so a run killed here never leaves old metadata over new shards."""
+    """Before every run: clears the temporary files of killed runs (Beam's,
+    ours by name); with --overwrite also a previous run's outputs,
+    `metadata.json` (the commit marker) first, so a run killed here never
+    leaves old metadata over new shards."""
     if not FileSystems.exists(output_dir):
         FileSystems.mkdirs(output_dir)
         return
+    options.clear_leftovers(output_dir, BEAM_TEMP_PREFIXES)
     paths = [
         FileSystems.join(output_dir, name)
         for name in (features.METADATA_FILE, DEAD_LETTER_FILE, _SUMMARY_PREFIX)

@@ -367,19 +367,60 @@ def check_output_dir(path: str) -> None:
         raise UsageError(f"output_dir {path}: {parent} is not writable")
 
 
-def _non_empty(directory: str) -> bool:
-    """True when `directory` holds anything but our temporary pieces (those
-    of interrupted runs are ours by name and every run clears them).
+def _non_empty(directory: str, leftovers=(tfrecords.TEMP_PREFIX,)) -> bool:
+    """True when `directory` holds anything but the temporary leftovers of
+    interrupted runs (names starting with one of `leftovers`: ours, and
+    every run clears them first, see `clear_leftovers`).
 
     Local directories are listed with `os`: Beam's local match skips
     dot-files and directories."""
     from apache_beam.io.filesystems import FileSystems
 
+    leftovers = tuple(leftovers)
     if "://" not in directory:
         return os.path.isdir(directory) and any(
-            not name.startswith(tfrecords.TEMP_PREFIX) for name in os.listdir(directory)
+            not name.startswith(leftovers) for name in os.listdir(directory)
         )
     if not FileSystems.exists(directory):
         return False
     pattern = FileSystems.join(directory, "*")
-    return bool(FileSystems.match([pattern])[0].metadata_list)
+    return any(
+        not m.path[len(directory) :].lstrip("/").startswith(leftovers)
+        for m in FileSystems.match([pattern])[0].metadata_list
+    )
+
+
+def clear_leftovers(directory: str, prefixes) -> list:
+    """Deletes what killed runs left in `directory` under names starting
+    with one of `prefixes` (temporary pieces and shards: ours by name);
+    returns the paths that were there.
+
+    Local disks are listed with `os` (Beam's local match skips dot-files and
+    directories); object stores list the objects under those prefixes.
+    """
+    import shutil
+
+    from apache_beam.io.filesystems import FileSystems
+
+    prefixes = tuple(prefixes)
+    if "://" not in directory:
+        if not os.path.isdir(directory):
+            return []
+        found = [
+            os.path.join(directory, name)
+            for name in sorted(os.listdir(directory))
+            if name.startswith(prefixes)
+        ]
+        for path in found:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+        return found
+    found = []
+    for prefix in prefixes:
+        pattern = FileSystems.join(directory, f"{prefix}*/*")
+        found += [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    if found:
+        FileSystems.delete(found)
+    return found

@@ -143,7 +143,7 @@ def _clear_outputs(settings) -> None:
     if not FileSystems.exists(settings.output_dir):
         FileSystems.mkdirs(settings.output_dir)
         return
-    leftovers = tfrecords.clear_temp_pieces(settings.output_dir)
+    leftovers = options.clear_leftovers(settings.output_dir, [tfrecords.TEMP_PREFIX])
     if leftovers:
         logging.getLogger(__name__).info(
             "removed %d temporary piece(s) of an interrupted run", len(leftovers)

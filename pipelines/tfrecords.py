@@ -521,37 +521,6 @@ def temp_dir_pattern(output_dir: str) -> str:
     return FileSystems.join(output_dir, f"{TEMP_PREFIX}*")
 
 
-def clear_temp_pieces(output_dir: str) -> list:
-    """Deletes the temporary pieces and shards that killed runs left in
-    `output_dir` (ours by name: `.temp-pieces-*`); returns what was there.
-
-    Beam's local filesystem never matches dot-files or directories, so
-    local disks are listed with `os`; object stores list the objects under
-    the `.temp-pieces-*` prefixes.
-    """
-    import os
-
-    if "://" not in output_dir:
-        if not os.path.isdir(output_dir):
-            return []
-        found = [
-            os.path.join(output_dir, name)
-            for name in sorted(os.listdir(output_dir))
-            if name.startswith(TEMP_PREFIX)
-        ]
-        for path in found:
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.remove(path)
-        return found
-    pattern = FileSystems.join(temp_dir_pattern(output_dir), "*")
-    found = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-    if found:
-        FileSystems.delete(found)
-    return found
-
-
 class WriteTfRecords(beam.PTransform):
     """Encodes masked instances and writes sharded TFRecord files.
 

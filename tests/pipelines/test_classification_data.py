@@ -307,3 +307,18 @@ def test_bad_flags_stop_before_work(tmp_path, vocab_file):
     bad_vocab.write_text("[PAD]\n[UNK]\nhello\n")
     with pytest.raises(ConfigError, match=r"\[CLS\]"):
         cd.run(args[:1] + [f"--vocab={bad_vocab}"] + args[2:] + ["--text_column=text"])
+
+
+def test_any_run_clears_beam_temp_files_of_a_killed_run(tmp_path, vocab_file):
+    # What `kill -9` during the write leaves (names as Beam's file sinks make
+    # them); a plain rerun, without --overwrite, clears it and runs.
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\nthe dog\t1\nthe fox\t0\n")
+    out = tmp_path / "o"
+    for name in cd.BEAM_TEMP_PREFIXES:
+        (out / f"{name}6b8d7f6eec7f11f1").mkdir(parents=True)
+    (out / "beam-temp-classification-6b8d7f6eec7f11f1" / "x.tfrecord").write_bytes(b"c")
+    meta = cd.run([f"--input={data}", f"--vocab={vocab_file}", f"--output_dir={out}"])
+    assert meta["num_examples"] == 2
+    assert not [n for n in os.listdir(out) if n.startswith("beam-temp-")]
+    assert os.path.exists(out / "metadata.json")
