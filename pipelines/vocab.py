@@ -229,7 +229,13 @@ def run(argv=None) -> dict:
         options.JobFailed: the corpus has no words.
     """
     args, reserved, files, beam_args = _parse(argv)
+    # Temporary files a killed run left beside the output (ours by name).
+    stale = FileSystems.match([f"{args.output}.tmp-*", f"{args.output}.json.tmp-*"])
+    stale = [m.path for r in stale for m in r.metadata_list]
+    if stale:
+        FileSystems.delete(stale)
     pipeline_options = PipelineOptions(beam_args)
+    options._check_runner(pipeline_options)  # engine installed, job deadline
     temp_root = pipeline_options.view_as(GoogleCloudOptions).temp_location
     local_temp = None
     if not temp_root:

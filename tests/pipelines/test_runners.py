@@ -302,6 +302,21 @@ def test_missing_engine_is_one_line_naming_make_engines(
     assert len(err) == 1 and message in err[0] and "`make engines`" in err[0]
 
 
+def test_vocab_job_checks_the_engine_too(inputs, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        vocab.main(
+            [
+                f"--input={inputs['corpus']}",
+                f"--output={tmp_path / 'vocab.txt'}",
+                "--vocab_size=120",
+                "--runner=PrismRunner",
+            ]
+        )
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "`make engines`" in err[0]
+
+
 @pytest.mark.parametrize(
     "flags, timeout",
     [
