@@ -224,3 +224,13 @@ def test_learned_vocab_drives_pretraining_data(learned, tmp_path):
     assert meta["vocab_sha256"] == features.vocab_sha256(output)
     assert meta["vocab_size"] == 110
     assert meta["num_examples"] > 0
+
+
+def test_rerun_clears_temporary_files_of_a_killed_run(corpus_file, tmp_path):
+    out = tmp_path / "out" / "v.txt"
+    out.parent.mkdir()
+    tmp_path = out.parent
+    (tmp_path / "v.txt.tmp-0123abcd").write_text("[PAD]\n[UN")  # cut short
+    (tmp_path / "v.txt.json.tmp-0123abcd").write_text("{")
+    vocab.run(_args(corpus_file, out, 100))
+    assert sorted(os.listdir(tmp_path)) == ["v.txt", "v.txt.json"]
