@@ -8,11 +8,11 @@ The JAX trainer reads its TFRecords without TensorFlow
 measures that reader, its stages and the alternatives that were weighed,
 against the TensorFlow trainer's tf.data pipeline in the same run. Every
 row is its own process pinned to one core (`taskset -c CORE`), the best of
-`--repeats` runs; batch 256, seq 128, 20 predictions, on records written
-by the product's data job (`python -m pipelines.pretraining_data` on
-`../shared/data/corpus-small` with Google's uncased vocab, uncompressed and
-`--compression=gzip`; skipped with a message where that data is absent),
-shuffle buffer 10,000:
+`--repeats` rounds over all rows; batch 256, seq 128, 20 predictions, on
+records written by the product's data job (`python -m
+pipelines.pretraining_data` on `../shared/data/corpus-small` with Google's
+uncased vocab, uncompressed and `--compression=gzip`; skipped with a
+message where that data is absent), shuffle buffer 10,000:
 
 - ours, end to end: `numpy_pretraining_batches` (framing, both CRC32Cs,
   interleave, shuffle, batch, decode; background thread), plain and gzip;
@@ -271,38 +271,38 @@ def main(argv=None):
     only = set(filter(None, args.only.split(",")))
     results = {}
     try:
-        for name, label, kind in ROWS:
-            if only and name not in only:
-                continue
-            directory = args.records_gz if name.endswith("_gz") else args.records
-            if not directory:
-                continue
-            cmd = pin + [
-                sys.executable,
-                os.path.abspath(__file__),
-                f"--worker={name}",
-                f"--records={directory}",
-                f"--batches={args.batches}",
-            ]
-            rates = []
-            for _ in range(args.repeats):
+        # Rounds over all rows, best per row: each row gets several
+        # moments of a shared machine's changing load.
+        for round_ in range(args.repeats):
+            print(f"round {round_ + 1} of {args.repeats}:", flush=True)
+            for name, label, kind in ROWS:
+                if only and name not in only:
+                    continue
+                directory = args.records_gz if name.endswith("_gz") else args.records
+                if not directory or results.get(name, 0) is None:
+                    continue
+                cmd = pin + [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    f"--worker={name}",
+                    f"--records={directory}",
+                    f"--batches={args.batches}",
+                ]
                 out = subprocess.run(
                     cmd, cwd=REPO, capture_output=True, text=True, env=_env()
                 )
                 if out.returncode:
                     print(f"{name} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
-                    break
-                rates.append(
-                    json.loads(out.stdout.strip().splitlines()[-1])[
-                        "records_per_second"
-                    ]
-                )
-            if not rates:
-                continue
-            rate = None if None in rates else max(rates)
-            results[name] = rate
-            shown = "not importable" if rate is None else f"{rate:,.0f}"
-            print(f"  {label}: {shown} records/s", flush=True)
+                    continue
+                rate = json.loads(out.stdout.strip().splitlines()[-1])[
+                    "records_per_second"
+                ]
+                if rate is None:
+                    results[name] = None
+                else:
+                    results[name] = max(rate, results.get(name) or 0)
+                shown = "not importable" if rate is None else f"{rate:,.0f}"
+                print(f"  {label}: {shown} records/s", flush=True)
     finally:
         if temp:
             shutil.rmtree(temp, ignore_errors=True)
