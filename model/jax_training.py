@@ -72,7 +72,7 @@ def on_host(fn, *args):
     """
     import jax
 
-    with jax.default_device(jax.devices("cpu")[0]):
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
         return float(fn(*args))
 
 

@@ -275,3 +275,39 @@ def test_bad_records_stop_a_jax_run_with_one_line(tmp_path, fault, message):
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
     assert message in (out.stderr + out.stdout).lower()
     assert not os.path.exists(os.path.join(tmp_path, "run", "checkpoints"))
+
+
+@pytest.mark.slow
+def test_multi_host_two_local_processes(tmp_path):
+    """`--strategy=multi_worker` under JAX: `keras.distribution.initialize()`
+    from the KERAS_DISTRIBUTION_* environment, two processes (gloo on CPU),
+    each reading its half of the shards; process 0 writes the outputs."""
+    import socket
+
+    data = write_records(tmp_path / "records", num=64, num_shards=4)
+    model_dir = str(tmp_path / "run")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = tiny_flags(data, model_dir, steps=3, strategy="multi_worker")
+    procs = []
+    for rank in range(2):
+        env = dict(
+            jax_env(),
+            JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+            KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}",
+            KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+            KERAS_DISTRIBUTION_PROCESS_ID=str(rank),
+        )
+        cmd = [sys.executable, "-u", JAX_RUN, "-m", "model.pretrain"] + argv
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        )
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err.decode()[-3000:]
+    assert [r["step"] for r in metrics(model_dir)] == [1, 2, 3]
+    assert os.path.exists(os.path.join(model_dir, "encoder.weights.h5"))
+    assert b"step 3/3" in outs[0][0] and b"step " not in outs[1][0]
