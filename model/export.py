@@ -92,7 +92,10 @@ def export_classifier(
     # (object stores have no directory rename: written in place there).
     final_dir, export_dir = export_dir, export_dir
     if not fileio.is_remote(final_dir):
-        export_dir = f"{final_dir.rstrip(os.sep)}.tmp-{uuid.uuid4().hex[:8]}"
+        final_dir = final_dir.rstrip(os.sep)
+        for stale in fileio.glob(f"{final_dir}.tmp-*"):  # killed exports'
+            fileio.remove(stale)
+        export_dir = f"{final_dir}.tmp-{uuid.uuid4().hex[:8]}"
     archive.write_out(export_dir, verbose=False)
 
     extra = fileio.join(export_dir, "assets.extra")

@@ -503,6 +503,10 @@ def run(argv=None) -> dict:
     cfg, init, vocab, vocab_path = resolve_config(args, overrides)
     model_dir = args.model_dir
     fileio.makedirs(model_dir)
+    # Weights a killed run was saving (temporary names: ours).
+    for pattern in (f"tmp-*-{BEST_WEIGHTS_FILE}", f"seed_*/tmp-*-{BEST_WEIGHTS_FILE}"):
+        for path in fileio.glob(fileio.join(model_dir, pattern)):
+            fileio.remove(path)
     if init.kind == "random":
         print("encoder starts from random weights (no --init_checkpoint)")
     else:

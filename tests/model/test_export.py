@@ -372,3 +372,22 @@ def test_export_refuses_an_unfinished_model_dir(tmp_path):
 
     with pytest.raises(ConfigError):
         export.run([f"--model_dir={tmp_path}", f"--export_dir={tmp_path}/out"])
+
+
+def test_export_is_renamed_into_place_and_clears_killed_exports(exported, tmp_path):
+    serving = tmp_path / "serving"
+    killed = tmp_path / "serving.tmp-dead0000"  # what a killed export leaves
+    (killed / "variables").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(exported["export_dir"], serving)  # an earlier export
+    (serving / "stale.txt").write_text("from the earlier export")
+    export.run([f"--model_dir={exported['model_dir']}", f"--export_dir={serving}"])
+    assert not (serving / "stale.txt").exists()  # replaced whole
+    assert sorted(os.listdir(tmp_path)) == ["serving"]
+    assert tf.saved_model.contains_saved_model(str(serving))
+    out = io.StringIO()
+    assert predict.run([f"--saved_model={serving}", "good"], stdout=out) == {
+        "classified": 1,
+        "failed": 0,
+    }
