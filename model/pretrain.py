@@ -420,7 +420,8 @@ def _fit_budget(p, started, probe, step, compile_seconds):
     # Reserve: one more compile, the final save, and 3% slack.
     left = p.budget_minutes * 60 - (time.time() - started)
     left = left * 0.97 - compile_seconds - 10.0
-    total = step + max(int(left / seconds_per_step), 0)
+    # `steps` stays an upper bound.
+    total = min(step + max(int(left / seconds_per_step), 0), p.steps)
     warmup = _warmup_steps(p, total)
     if p.warmup_fraction == 0:
         warmup = min(warmup, max(total // 10, 1))
