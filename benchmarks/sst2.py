@@ -65,6 +65,7 @@ def _flags(argv=None):
     p.add_argument("--out_dir", default="/tmp/bench_sst2")
     p.add_argument("--pretrain_steps", type=int, default=3000)
     p.add_argument("--pretrain_lr", type=float, default=2e-4)
+    p.add_argument("--pretrain_masking", default="static", help="static|dynamic")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--learning_rate", type=float, default=3e-4)
@@ -187,6 +188,7 @@ def pretrain(args) -> dict:
             f"--steps={args.pretrain_steps}",
             "--batch_size=32",
             f"--learning_rate={args.pretrain_lr}",
+            f"--masking={args.pretrain_masking}",
             f"--warmup_steps={max(1, args.pretrain_steps // 10)}",
             f"--save_every={max(1, args.pretrain_steps // 4)}",
             f"--log_every={max(1, args.pretrain_steps // 20)}",
