@@ -203,14 +203,14 @@ def job(engine, corpus, vocab, out, log, dupe_factor, num_shards) -> dict:
     return row
 
 
-def corpus_copies(work: str, copies: int) -> str:
+def corpus_copies(work: str, copies: int, corpus: str = CORPUS) -> str:
     """A glob over `copies` symlinked copies of the corpus shards (copy k's
     files have their own names, so their documents count as new ones)."""
-    shards = sorted(glob.glob(CORPUS))
+    shards = sorted(glob.glob(corpus))
     if not shards:
-        sys.exit(f"error: no corpus shards match {CORPUS}")
+        sys.exit(f"error: no corpus shards match {corpus}")
     if copies == 1:
-        return CORPUS
+        return corpus
     d = os.path.join(work, f"corpus-x{copies}")
     os.makedirs(d, exist_ok=True)
     for k in range(copies):
@@ -224,6 +224,7 @@ def corpus_copies(work: str, copies: int) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engines", default="direct,prism,flink,spark")
+    p.add_argument("--corpus", default=CORPUS, help="glob of the 40 MB corpus")
     p.add_argument("--copies", type=int, default=1, help="corpus copies (25: ~1 GB)")
     p.add_argument("--dupe_factor", type=int, default=5)
     p.add_argument("--num_shards", type=int, default=16)
@@ -233,7 +234,7 @@ def main(argv=None):
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
     os.makedirs(args.work_dir, exist_ok=True)
-    corpus = corpus_copies(args.work_dir, args.copies)
+    corpus = corpus_copies(args.work_dir, args.copies, args.corpus)
     tiny = os.path.join(args.work_dir, "tiny.txt")
     with open(tiny, "w") as f:
         f.write(TINY_CORPUS)
