@@ -7,29 +7,32 @@ with `apache-beam[gcp]`), else a numpy CRC32C.
 
 Three layers, each usable alone:
 
-- Framing (`iter_record_blocks`, `iter_records`, `read_first_record`): a
-  TFRecord file is a run of frames `uint64 length | uint32 masked CRC32C of
-  the length | data | uint32 masked CRC32C of the data` (little endian).
-  Both CRCs are checked; a frame cut short, a CRC mismatch, gzip bytes in a
-  file not named `*.gz` and a `*.gz` that is not gzip (or is cut short) all
-  raise `RecordError`, a ValueError whose message starts with the file name.
-  Files named `*.gz` are gunzipped on the fly (as TensorFlow's
-  `compression_type="GZIP"`, which the data job's `--compression=gzip`
-  writes).
+- Framing (`iter_record_blocks`, `iter_records`, `read_first_record`,
+  `count_records`): a TFRecord file is a run of frames `uint64 length |
+  uint32 masked CRC32C of the length | data | uint32 masked CRC32C of the
+  data` (little endian). Both CRCs are checked; a frame cut short, a CRC
+  mismatch, gzip bytes in a file not named `*.gz` and a `*.gz` that is not
+  gzip (or is cut short) all raise `RecordError`, a ValueError whose
+  message starts with the file name. Files named `*.gz` are gunzipped on
+  the fly (as TensorFlow's `compression_type="GZIP"`, which the data job's
+  `--compression=gzip` writes).
 - Decoding (`decode_pretraining_batch`): a list of serialized Examples ->
   a dict of numpy arrays with the tf.data path's keys, dtypes and shapes.
   The schema is fixed (`configs.features`), so the protobuf wire format is
-  walked for the whole batch at once with numpy: one vectorized step per
-  map entry, then one varint decode of every int64 list of the batch.
-  Packed lists (what `tf.train.Example.SerializeToString` and our writer
-  emit) and unpacked ones (legal protobuf, emitted by some writers) are
-  both read; map entries may come in any order; unknown features are
-  skipped.
+  walked for the whole batch at once with numpy: the batch is checked
+  against its first record's layout in one pass (a vectorized step per map
+  entry; a general walker takes batches laid out otherwise), then each
+  int64 list is varint-decoded for all records at once. Packed lists (what
+  `tf.train.Example.SerializeToString` and our writer emit) and unpacked
+  ones (legal protobuf, emitted by some writers) are both read; map
+  entries may come in any order; unknown features are skipped.
 - `parse_example`: a plain-Python parser of one Example of any schema
-  (every feature, any kind), for first-record checks and as the reference
-  the fast decoder is tested against. `decode_pretraining_batch_protobuf`
-  is the measured alternative (the `protobuf` package's upb parser with an
-  Example descriptor built at runtime); see `benchmarks/record_reader.py`.
+  (every feature, any kind), for first-record checks and errors.
+  `decode_pretraining_batch_protobuf` is the measured alternative (the
+  `protobuf` package's upb parser, an Example descriptor built at
+  runtime): about 5x slower than the numpy decoder on one core, kept as
+  the independent reference the tests compare with
+  (`benchmarks/record_reader.py` measures both).
 """
 
 from __future__ import annotations
@@ -260,6 +263,7 @@ def iter_record_blocks(
     """
     buf = b""
     pos = 0
+    done = 0  # records of earlier chunks
     headers = {}  # valid 12-byte frame headers -> record length
     for chunk in _chunks(path, chunk_bytes):
         buf = buf[pos:] + chunk if pos < len(buf) else chunk
@@ -275,8 +279,8 @@ def iter_record_blocks(
                 if check_crc and masked_crc32c(header[:8]) != length_crc:
                     raise RecordError(
                         path,
-                        f"corrupt record {len(block)} of a chunk: CRC of the "
-                        "length does not match (not a TFRecord file, or damaged)",
+                        f"corrupt record {done + len(block)}: CRC of the length "
+                        "does not match (not a TFRecord file, or damaged)",
                     )
                 if length > _MAX_RECORD_BYTES:
                     raise RecordError(path, f"record length {length} is corrupt")
@@ -289,8 +293,13 @@ def iter_record_blocks(
             block.append(buf[pos + 12 : end])
             pos = end + 4
         if block and check_crc:
-            _check_data_crcs(path, buf, block, offsets, check_crc != "numpy")
+            bad = _first_bad_data_crc(buf, block, offsets, check_crc != "numpy")
+            if bad is not None:
+                raise RecordError(
+                    path, f"corrupt record {done + bad}: data CRC does not match"
+                )
         if block:
+            done += len(block)
             yield block
     if pos < len(buf):
         raise RecordError(
@@ -300,23 +309,24 @@ def iter_record_blocks(
         )
 
 
-def _check_data_crcs(path, buf, block, offsets, use_google=True):
+def _first_bad_data_crc(buf, block, offsets, use_google=True):
+    """Index in `block` of the first record whose data CRC is wrong, or None."""
     if _FAST_CRC and use_google:
         value = _google_crc32c.value
         unpack = _CRC.unpack_from
-        for record, end in zip(block, offsets):
+        for i, (record, end) in enumerate(zip(block, offsets)):
             crc = value(record)
             if (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF != unpack(
                 buf, end
             )[0]:
-                raise RecordError(path, "corrupt record: data CRC does not match")
-        return
+                return i
+        return None
     want = np.array([_CRC.unpack_from(buf, end)[0] for end in offsets], np.uint32)
-    if not np.array_equal(_mask(crc32c_many(block)), want):
-        raise RecordError(path, "corrupt record: data CRC does not match")
+    wrong = np.flatnonzero(_mask(crc32c_many(block)) != want)
+    return int(wrong[0]) if len(wrong) else None
 
 
-def iter_records(path: str, *, check_crc: bool = True) -> Iterator[bytes]:
+def iter_records(path: str, *, check_crc: bool | str = True) -> Iterator[bytes]:
     """Yields each record (serialized Example) of one TFRecord file."""
     for block in iter_record_blocks(path, check_crc=check_crc):
         yield from block

@@ -248,10 +248,10 @@ def test_crc_mismatch_names_the_file(tmp_path):
     files = data.list_record_files(directory)
     bad = files[1]
     flip_byte(bad, frame_offsets(bad)[7] + 30)  # inside record 7's data
-    with pytest.raises(records.RecordError, match="data CRC") as e:
+    with pytest.raises(records.RecordError, match="record 7: data CRC") as e:
         list(numpy_batches(files, shuffle_buffer=0, repeat=False))
     assert str(e.value).startswith(bad) and e.value.path == bad
-    with pytest.raises(records.RecordError, match="data CRC"):
+    with pytest.raises(records.RecordError, match="record 7: data CRC"):
         list(records.iter_record_blocks(bad, check_crc="numpy"))
     list(records.iter_record_blocks(files[0], check_crc="numpy"))
     flip_byte(files[0], 3)  # the first frame's length
