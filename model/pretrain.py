@@ -459,7 +459,6 @@ class _TensorFlowSteps:
     def __init__(self, cfg, files, model_dir, vocab):
         import keras
 
-        from model.optimization import create_optimizer
         from model.strategy import create_strategy, device_kind, is_chief
 
         p = cfg.pretrain
@@ -479,25 +478,11 @@ class _TensorFlowSteps:
                 p, precision=precision, jit_compile=str(self.jit).lower()
             )
         )
-        if p.batch_size % self.replicas:
-            raise SystemExit(
-                f"error: batch_size {p.batch_size} is not divisible by "
-                f"{self.replicas} replicas"
-            )
+        _check_divisible(p.batch_size, self.replicas, "replicas")
         keras.utils.set_random_seed(p.seed)
         with self.strategy.scope():
-            self.backbone = BertBackbone.from_model_config(cfg.model, dtype=precision)
-            self.pretrainer = BertPretrainer(self.backbone)
-            self.optimizer = create_optimizer(
-                learning_rate=p.learning_rate,
-                total_steps=p.steps,
-                warmup_steps=p.warmup_steps,
-                weight_decay=p.weight_decay,
-                optimizer=p.optimizer,
-                beta_1=p.beta_1,
-                beta_2=p.beta_2,
-                epsilon=p.epsilon,
-            )
+            # Clipping happens in `training.apply_gradients`, after the sum.
+            self.backbone, self.pretrainer, self.optimizer = _build(cfg, precision)
             if precision == "mixed_float16":
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             self.optimizer.build(self.pretrainer.trainable_variables)
@@ -619,7 +604,6 @@ class _JaxSteps:
         import keras
 
         from model import jax_training
-        from model.optimization import create_optimizer
 
         p = cfg.pretrain
         self.files, self.model_dir, self.vocab = files, model_dir, vocab
@@ -635,35 +619,17 @@ class _JaxSteps:
         self.cfg = cfg = cfg.replace(
             pretrain=dataclasses.replace(p, precision=precision, jit_compile="true")
         )
-        if p.batch_size % self.process_count:
-            raise SystemExit(
-                f"error: batch_size {p.batch_size} is not divisible by "
-                f"{self.process_count} processes"
-            )
+        _check_divisible(p.batch_size, self.process_count, "processes")
         replicas = (
             self.distribution.device_mesh.devices.size if self.distribution else 1
         )
-        if p.batch_size % replicas:
-            raise SystemExit(
-                f"error: batch_size {p.batch_size} is not divisible by "
-                f"{replicas} devices"
-            )
+        _check_divisible(p.batch_size, replicas, "devices")
         keras.utils.set_random_seed(p.seed)
         if self.distribution is not None:
             keras.distribution.set_distribution(self.distribution)
-        self.backbone = BertBackbone.from_model_config(cfg.model, dtype=precision)
-        self.pretrainer = BertPretrainer(self.backbone)
-        # The schedule is set by `reschedule` (budget runs size it late).
-        self.optimizer = create_optimizer(
-            learning_rate=p.learning_rate,
-            total_steps=p.steps,
-            warmup_steps=p.warmup_steps,
-            weight_decay=p.weight_decay,
-            optimizer=p.optimizer,
-            beta_1=p.beta_1,
-            beta_2=p.beta_2,
-            epsilon=p.epsilon,
-            global_clipnorm=p.clipnorm if p.clipnorm > 0 else None,
+        # The step computes global gradients: the optimizer clips them.
+        self.backbone, self.pretrainer, self.optimizer = _build(
+            cfg, precision, global_clipnorm=p.clipnorm if p.clipnorm > 0 else None
         )
         self.optimizer.build(self.pretrainer.trainable_variables)
         self.checkpoints = jax_training.CheckpointFiles(
@@ -738,6 +704,38 @@ class _JaxSteps:
     def finish(self):
         # Final weights back into the Keras variables (for save_weights).
         self.jt.assign_state(self.pretrainer, self.optimizer, self.state)
+
+
+def _build(cfg, precision, global_clipnorm=None):
+    """(backbone, pretrainer, optimizer) of `cfg`, in the caller's scope.
+
+    The optimizer's schedule is replaced by `reschedule` (a budget run
+    sizes it only after timing steps).
+    """
+    from model.optimization import create_optimizer
+
+    p = cfg.pretrain
+    backbone = BertBackbone.from_model_config(cfg.model, dtype=precision)
+    pretrainer = BertPretrainer(backbone)
+    optimizer = create_optimizer(
+        learning_rate=p.learning_rate,
+        total_steps=p.steps,
+        warmup_steps=p.warmup_steps,
+        weight_decay=p.weight_decay,
+        optimizer=p.optimizer,
+        beta_1=p.beta_1,
+        beta_2=p.beta_2,
+        epsilon=p.epsilon,
+        global_clipnorm=global_clipnorm,
+    )
+    return backbone, pretrainer, optimizer
+
+
+def _check_divisible(batch_size, parts, what):
+    if batch_size % parts:
+        raise SystemExit(
+            f"error: batch_size {batch_size} is not divisible by {parts} {what}"
+        )
 
 
 def _schedule(p, total_steps, warmup_steps):
