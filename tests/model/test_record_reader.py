@@ -326,6 +326,26 @@ def test_decoder_names_the_length_that_differs():
     )
 
 
+def test_mixed_compression_and_empty_files(tmp_path):
+    plain = write_records(tmp_path / "p", num=8, num_shards=2, metadata=False)
+    gz = write_records(
+        tmp_path / "g", num=8, num_shards=1, metadata=False, compression="GZIP"
+    )
+    files = data.list_record_files(plain) + data.list_record_files(gz)
+    with pytest.raises(records.RecordError, match="mixed") as e:
+        data.check_records(files, TINY_SEQ, TINY_PRED)
+    assert str(e.value).startswith(files[-1])
+    # An empty file first: lengths come from the first file with a record.
+    empty = os.path.join(plain, "reference-0000.tfrecord")
+    open(empty, "wb").close()
+    files = data.list_record_files(plain)
+    assert files[0] == empty
+    assert data.first_record_lengths(files) == (TINY_SEQ, TINY_PRED)
+    assert data.check_records(files, TINY_SEQ, TINY_PRED) == 2
+    with pytest.raises(ValueError, match="holds no records"):
+        data.read_record_lengths(empty)
+
+
 def test_not_an_example_is_an_error(tmp_path):
     path = str(tmp_path / "junk.tfrecord")
     with open(path, "wb") as f:
