@@ -625,8 +625,9 @@ def _feature_spans(buf, starts, ends, names):
 
 def _short_varint(buf, pos):
     """A varint of at most two bytes at each of `pos`: (value, after, ok)."""
-    b1 = buf[pos].astype(np.int64)
-    b2 = buf[pos + 1].astype(np.int64)
+    last = len(buf) - 1
+    b1 = buf[np.minimum(pos, last)].astype(np.int64)
+    b2 = buf[np.minimum(pos + 1, last)].astype(np.int64)
     two = b1 >= 0x80
     value = np.where(two, (b1 & 0x7F) | (b2 << 7), b1)
     return value, pos + 1 + two, ~two | (b2 < 0x80)
@@ -912,7 +913,11 @@ def decode_pretraining_batch(
 
     Raises:
         RecordError: a record that is not of the schema, or of other
-            lengths; the message names `path` and the record's index.
+            lengths; the message names `path` and the record's index. Also
+            for legal protobuf that no Example writer emits (unknown fields
+            inside Example or Feature, a packed list split into several
+            runs): refused, not decoded (found by fuzzing against
+            `tf.io.parse_example`, which agrees on every record decoded).
     """
     n = len(records)
     lengths = np.fromiter(map(len, records), np.int64, n)

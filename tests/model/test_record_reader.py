@@ -346,6 +346,35 @@ def test_mixed_compression_and_empty_files(tmp_path):
         data.read_record_lengths(empty)
 
 
+def test_damaged_bytes_give_a_record_error_or_the_right_values():
+    # Without the CRC check: any byte changed gives RecordError, or (where
+    # the change keeps a valid Example) what TensorFlow's parser reads.
+    examples = make_examples(4, seed=5)
+    serialized = [encode_example(ex) for ex in examples]
+    spec = data.pretraining_feature_spec(TINY_SEQ, TINY_PRED)
+    rng = np.random.RandomState(0)
+    outcomes = set()
+    for _ in range(150):
+        batch = list(serialized)
+        i = rng.randint(len(batch))
+        damaged = bytearray(batch[i])
+        for _ in range(rng.randint(1, 3)):
+            damaged[rng.randint(len(damaged))] = rng.randint(256)
+        batch[i] = bytes(damaged)
+        try:
+            got = records.decode_pretraining_batch(batch, TINY_SEQ, TINY_PRED)
+        except records.RecordError:
+            outcomes.add("error")
+            continue
+        want = tf.io.parse_example(tf.constant(batch), spec)
+        for name in features.PRETRAINING_FEATURES:
+            np.testing.assert_array_equal(
+                got[name], tf.cast(want[name], got[name].dtype).numpy()
+            )
+        outcomes.add("decoded")
+    assert outcomes == {"error", "decoded"}
+
+
 def test_not_an_example_is_an_error(tmp_path):
     path = str(tmp_path / "junk.tfrecord")
     with open(path, "wb") as f:
