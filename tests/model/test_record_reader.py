@@ -295,6 +295,10 @@ def test_cut_gzip_file_names_the_file(tmp_path):
     (gz,) = data.list_record_files(directory)
     blob = open(gz, "rb").read()
     open(gz, "wb").write(blob[: len(blob) * 2 // 3])
+    with pytest.raises(records.RecordError, match="gzip data ends early") as e:
+        data.check_records([gz], TINY_SEQ, TINY_PRED)  # inflated to its end
+    assert str(e.value).startswith(gz)
+    data.check_records([gz], TINY_SEQ, TINY_PRED, walk_limit_bytes=0)
     with pytest.raises(records.RecordError) as e:
         list(numpy_batches([gz], shuffle_buffer=0, repeat=False))
     assert str(e.value).startswith(gz)
