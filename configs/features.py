@@ -83,6 +83,9 @@ IS_NEXT = 0
 NOT_NEXT = 1
 
 METADATA_FILE = "metadata.json"
+# Shard names of the data jobs: `<prefix>-SSSSS-of-NNNNN.tfrecord[.gz]`.
+PRETRAINING_SHARD_PREFIX = "pretraining"
+CLASSIFICATION_SHARD_PREFIX = "classification"
 METADATA_FORMAT_VERSION = 1
 
 

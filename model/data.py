@@ -36,7 +36,9 @@ _SKIP_SUFFIXES = (".json", ".yaml", ".yml", ".txt", ".md", ".jsonl")
 CYCLE_LENGTH = 8
 # Names of the data job's shards (`pipelines.tfrecords.WriteTfRecords`):
 # `pretraining-SSSSS-of-NNNNN.tfrecord[.gz]`.
-SHARD_NAME = re.compile(r"^pretraining-\d{5}-of-\d{5}\.tfrecord(\.gz)?$")
+SHARD_NAME = re.compile(
+    rf"^{features.PRETRAINING_SHARD_PREFIX}-\d{{5}}-of-\d{{5}}\.tfrecord(\.gz)?$"
+)
 
 
 def list_record_files(data):

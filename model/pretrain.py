@@ -680,7 +680,10 @@ class _JaxSteps:
     def run(self, step, num):
         import numpy as np
 
-        host = [next(self.batches) for _ in range(num)]
+        try:
+            host = [next(self.batches) for _ in range(num)]
+        except ValueError as e:  # a record damaged past the pre-run check
+            raise SystemExit(f"error: {e}") from None
         stacked = {k: np.stack([b[k] for b in host]) for k in host[0]}
         batches = self.jt.shard_batches(stacked, self.distribution)
         steps = np.arange(step, step + num, dtype=np.int32)

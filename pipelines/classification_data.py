@@ -53,7 +53,7 @@ from configs.schema import ConfigError
 from pipelines import options
 from pipelines.options import unknown_beam_flags
 
-SHARD_PREFIX = "classification"
+SHARD_PREFIX = features.CLASSIFICATION_SHARD_PREFIX
 SHARD_SUFFIX = ".tfrecord"
 DEAD_LETTER_FILE = "dead_letter.jsonl"
 _SUMMARY_PREFIX = "_summary"  # temporary per-run counts, merged into metadata

@@ -35,7 +35,7 @@ from pipelines import text
 
 NAMESPACE = "WriteTfRecords"
 RECORDS_WRITTEN = "records-written"
-SHARD_PREFIX = "pretraining"
+SHARD_PREFIX = features.PRETRAINING_SHARD_PREFIX
 TEMP_PREFIX = ".temp-pieces-"
 _COPY_BYTES = 8 << 20
 COMPRESSIONS = ("none", "gzip")
