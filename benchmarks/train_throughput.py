@@ -315,7 +315,7 @@ def main():
     print(
         f"| size | {head} | {ratios + ' | ' if ratios else ''}keras-hub best seq/s | ratio | target |"
     )
-    print("| --- " * (len(backends) * 2 + 4) + "|")
+    print("| --- " * (len(backends) * 2 + 3) + "|")
     for size, mine, best in rows:
         cells = " | ".join(f"{mine[b][0]:.1f} ({mine[b][1]})" for b in backends)
         rel = " | ".join(f"{mine[b][0] / mine[first][0]:.2f}x" for b in backends[1:])
