@@ -27,9 +27,11 @@ Output, in `--output_dir`:
     `input_<name>`), then `label` (class id), `label_name`, `label_value`
     and `probabilities` (softmax, 6 decimals), as `model.predict` prints;
   * `dead_letter.jsonl`: one `{"reason", "file", "line"}` per bad row;
-  * with `--label_column`: `metrics.json` (count, accuracy, macro-F1,
-    per-class precision/recall/F1, the confusion matrix, the label values
-    the model does not know) and `confusion_matrix.png`;
+  * with `--label_column` (a row's label is matched to the model's label
+    values, else to its label names; rows without one are dead letters):
+    `metrics.json` (count, accuracy, macro-F1, per-class precision/recall/
+    F1, the confusion matrix, the label values the model does not know)
+    and `confusion_matrix.png`;
   * `summary.json`, written last: the run's counts. A directory with our
     shards but no `summary.json` is an interrupted run.
 

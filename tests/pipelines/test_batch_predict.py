@@ -532,3 +532,30 @@ def test_dataflow_dry_run_builds_the_job(model, tmp_path):
     ):
         assert stage in names, stage
     assert not (tmp_path / "out").exists()
+
+
+class _CountingHandler(bp.SavedModelTextHandler):
+    loads = 0
+
+    def load_model(self):
+        type(self).loads += 1
+        return super().load_model()
+
+
+def test_model_loaded_once_for_all_threads(model):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    _CountingHandler.loads = 0
+    texts = [f"film number {i}" for i in range(200)]
+    opts = PipelineOptions(
+        ["--direct_num_workers=2", "--direct_running_mode=multi_threading"]
+    )
+    with TestPipeline(options=opts) as p:
+        scored = (
+            p
+            | beam.Create([(t, t) for t in texts], reshuffle=True)
+            | bp.ScoreTexts(_CountingHandler(model["serving"], min_batch_size=1))
+            | beam.Map(lambda kv: kv[0])
+        )
+        assert_that(scored, equal_to(texts))
+    assert _CountingHandler.loads == 1
