@@ -200,9 +200,19 @@ def write_metadata(settings, result, seconds: float) -> dict:
     data = settings.data
     shards = _shards(settings)
     totals = counter_totals(result)
-    written = (totals or {}).get(f"{tfrecords.NAMESPACE}/{tfrecords.RECORDS_WRITTEN}")
-    if written is None:
-        written = count_records(shards, settings.compression)
+    # `num_examples` is counted in the committed shards (frame headers), not
+    # taken from the records-written counter: a runner that retried a
+    # bundle may keep the failed attempt's counts (BundleBasedDirectRunner
+    # does), while the shards hold each record once.
+    written = count_records(shards, settings.compression)
+    counted = (totals or {}).get(f"{tfrecords.NAMESPACE}/{tfrecords.RECORDS_WRITTEN}")
+    if counted is not None and counted != written:
+        print(
+            f"note: the shards hold {written} records, the runner's counter "
+            f"says {counted} (a retried bundle's attempt counted twice); "
+            "num_examples is the shards' count",
+            flush=True,
+        )
     if not written:
         if shards:
             FileSystems.delete(shards)
