@@ -158,8 +158,11 @@ def read_saved_model_info(path: str) -> SavedModelInfo:
             f"--saved_model {path} is not a SavedModel (no saved_model.pb)"
         )
     proto = saved_model_pb2.SavedModel()
-    with FileSystems.open(pb, compression_type="uncompressed") as f:
-        proto.ParseFromString(f.read())
+    try:
+        with FileSystems.open(pb, compression_type="uncompressed") as f:
+            proto.ParseFromString(f.read())
+    except Exception as e:  # DecodeError for a damaged file, I/O errors
+        raise options.UsageError(f"{pb} cannot be read ({e})") from None
     signatures = proto.meta_graphs[0].signature_def if proto.meta_graphs else {}
     signature = signatures.get(SERVING_SIGNATURE)
     inputs = dict(signature.inputs) if signature is not None else {}
@@ -181,20 +184,21 @@ def read_saved_model_info(path: str) -> SavedModelInfo:
             raise options.UsageError(
                 f"--saved_model {path} has no {name} (export it with model.export)"
             )
-    with FileSystems.open(
-        FileSystems.join(path, LABELS_FILE), compression_type="uncompressed"
-    ) as f:
-        info = json.loads(f.read().decode("utf-8"))
-    labels = tuple(str(v) for v in info.get("labels", ()))
+    labels_path = FileSystems.join(path, LABELS_FILE)
+    try:
+        with FileSystems.open(labels_path, compression_type="uncompressed") as f:
+            info = json.loads(f.read().decode("utf-8"))
+        labels = tuple(str(v) for v in info["labels"])
+        max_seq_length = int(info["max_seq_length"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise options.UsageError(f"{labels_path} is damaged ({e!r})") from None
     if not labels:
-        raise options.UsageError(
-            f"{FileSystems.join(path, LABELS_FILE)} lists no labels"
-        )
+        raise options.UsageError(f"{labels_path} lists no labels")
     return SavedModelInfo(
         path=path,
         labels=labels,
         label_names=tuple(info.get("label_names", ())),
-        max_seq_length=int(info["max_seq_length"]),
+        max_seq_length=max_seq_length,
         do_lower_case=bool(info.get("do_lower_case", True)),
     )
 
@@ -873,7 +877,7 @@ def parse(argv):
         overwrite=args.overwrite,
     )
     pipeline_options = PipelineOptions(beam_args)
-    options._check_runner(pipeline_options)
+    options.check_runner(pipeline_options)
     return settings, pipeline_options
 
 

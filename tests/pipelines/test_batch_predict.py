@@ -459,6 +459,7 @@ def test_overwrite_replaces_only_our_files(model, tmp_path):
         ({"--input": "{tmp}/nothing*.tsv"}, "matches no file"),
         ({"--saved_model": "{tmp}"}, "not a SavedModel"),
         ({"--saved_model": "{tmp}/other"}, "not a model.export SavedModel"),
+        ({"--saved_model": "{tmp}/damaged"}, "saved_model.pb cannot be read"),
         ({"--output_dir": "{tmp}/earlier"}, "earlier predictions.*--overwrite"),
         ({"--text_column": "review"}, "'review' is not in the header"),
         ({"--max_batch_size": "0"}, "min_batch_size"),
@@ -480,6 +481,8 @@ def test_bad_flags_one_line(model, tmp_path, capsys, change, message):
         tf.saved_model.save(
             other, str(tmp_path / "other"), signatures={"serving_default": other.serve}
         )
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "saved_model.pb").write_bytes(b"\xff not a proto")
     (tmp_path / "earlier").mkdir()
     (tmp_path / "earlier" / bp.SUMMARY_FILE).write_text("{}")
     flags = dict(a.split("=", 1) for a in _argv(model, model["dev"], tmp_path / "o"))
