@@ -510,6 +510,7 @@ def run(argv=None, save_main_session=True) -> dict:
         raise options.UsageError(f"unknown flag(s): {' '.join(unknown)}")
     fmt, files, columns = _check_flags(args)
     pipeline_options = PipelineOptions(beam_args)
+    options.check_runner(pipeline_options)  # engine installed, job deadline
     pipeline_options.view_as(
         beam.options.pipeline_options.SetupOptions
     ).save_main_session = save_main_session

@@ -253,11 +253,11 @@ def parse(argv: list[str] | None):
         vocab=tuple(vocab),
     )
     pipeline_options = PipelineOptions(beam_args)
-    _check_runner(pipeline_options)
+    check_runner(pipeline_options)
     return settings, pipeline_options
 
 
-def _check_runner(pipeline_options) -> None:
+def check_runner(pipeline_options) -> None:
     """Stops on an unknown `--runner` now rather than after setup work."""
     from apache_beam.options.pipeline_options import StandardOptions
     from apache_beam.runners.runner import create_runner

@@ -235,7 +235,7 @@ def run(argv=None) -> dict:
     if stale:
         FileSystems.delete(stale)
     pipeline_options = PipelineOptions(beam_args)
-    options._check_runner(pipeline_options)  # engine installed, job deadline
+    options.check_runner(pipeline_options)  # engine installed, job deadline
     temp_root = pipeline_options.view_as(GoogleCloudOptions).temp_location
     local_temp = None
     if not temp_root:
