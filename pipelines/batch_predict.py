@@ -96,10 +96,11 @@ OUTPUT_FIELDS = ("label", "label_name", "label_value", "probabilities")
 LONG_TEXT_MODES = ("truncate", "average")
 COMPRESSIONS = ("none", "gzip")
 # RunInference batch sizes. The SavedModel pads every row to max_seq_length,
-# so only the row count matters. bert_tiny (seq 64) on 2 shared CPU cores,
-# serving_default in a tight loop: 16: 769, 32: 735, 64: 1,060, 128: 1,034,
-# 256: 884 sentences/s; the job at 32..128 (BatchElements adapts) and at a
-# fixed 64 ran alike (820 vs 803/s). benchmarks/batch_predict.py measures it.
+# so only the row count matters. bert_tiny (seq 64) on 2 CPU cores,
+# serving_default in a tight loop, is fastest at 256 rows when the machine
+# is quiet (1,950/s vs 1,713 at 128) and at 64 under load (1,060 vs 884 at
+# 256); the job ran the same within 3% at 32..128 (BatchElements adapts),
+# 32..256 and a fixed 64. benchmarks/batch_predict.py measures it.
 DEFAULT_MIN_BATCH_SIZE = 32
 DEFAULT_MAX_BATCH_SIZE = 128
 DEFAULT_MAX_LINE_BYTES = corpus.DEFAULT_MAX_LINE_BYTES  # 1 MiB
