@@ -4,47 +4,16 @@ Three small helpers, no harness. Slow tests are marked `@pytest.mark.slow`
 and run only with `--run_slow` (keras-hub's `--run_large` pattern).
 """
 
-import string
-
 import pytest
 
 from configs.schema import ModelConfig
-from testdata import SHARED_DATA, shared_data  # noqa: F401 (re-exported)
-
-CORPUS_TEXT = """\
-The quick brown fox jumps over the lazy dog.
-It was not amused by the fox at all.
-The dog went back to sleep under the old tree.
-Later that day the fox came back again.
-
-A second document starts here.
-It talks about the weather and the sea.
-The sea was calm and the sky was blue.
-Boats sailed out of the harbor in the morning.
-They came back at night with many fish.
-
-Short third document with two lines.
-This is the second line of it.
-"""
-
-WORDS = sorted(
-    set(
-        w.strip(".,").lower()
-        for w in CORPUS_TEXT.split()
-        + "good bad great movie film terrible wonderful not".split()
-    )
+from testdata import (  # noqa: F401 (re-exported)
+    CORPUS_TEXT,
+    SHARED_DATA,
+    WORDS,
+    make_vocab_tokens,
+    shared_data,
 )
-
-
-def make_vocab_tokens(words=WORDS, num_unused=3):
-    """Inline WordPiece vocab: specials, [unusedN], characters, ##chars, words."""
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    unused = [f"[unused{i}]" for i in range(num_unused)]
-    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
-    suffixes = ["##" + c for c in string.ascii_lowercase + string.digits]
-    seen = set(specials + unused + chars + suffixes)
-    extra = [w for w in words if w not in seen]
-    return specials + unused + chars + suffixes + extra
 
 
 def pytest_addoption(parser):

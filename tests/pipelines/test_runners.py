@@ -114,7 +114,7 @@ def read_records(directory) -> list[bytes]:
 def inputs(tmp_path_factory):
     """The tiny test corpus (conftest), three times over as three files so
     a runner gets more than one read split, and the inline vocabulary."""
-    from conftest import CORPUS_TEXT, make_vocab_tokens
+    from testdata import CORPUS_TEXT, make_vocab_tokens
 
     d = tmp_path_factory.mktemp("inputs")
     for i in range(3):
