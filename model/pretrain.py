@@ -752,16 +752,7 @@ def _masker(cfg, vocab):
         return None
     from model.masking import DynamicMasker
 
-    d = cfg.data
-    return DynamicMasker(
-        vocab,
-        max_predictions_per_seq=d.max_predictions_per_seq,
-        masked_lm_prob=d.masked_lm_prob,
-        mask_token_prob=d.mask_token_prob,
-        random_token_prob=d.random_token_prob,
-        random_tokens=d.random_tokens,
-        whole_word_mask=d.whole_word_mask,
-    )
+    return DynamicMasker.from_config(vocab, cfg.data)
 
 
 def _load_init_checkpoint(path, backbone, pretrainer):

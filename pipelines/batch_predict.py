@@ -60,7 +60,6 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import (
     KeyedModelHandler,
     ModelHandler,
@@ -977,20 +976,8 @@ def run_pipeline(settings, pipeline_options):
 
 
 def counter_totals(result) -> dict | None:
-    """{"Namespace/counter-name": total} of our counters; None when the
-    runner reports no metrics."""
-    try:
-        counters = result.metrics().query(MetricsFilter())["counters"]
-    except Exception:  # runners without metrics support
-        return None
-    totals: dict = {}
-    for c in counters:
-        ns = c.key.metric.namespace
-        if ns in NAMESPACES:
-            name = f"{ns}/{c.key.metric.name}"
-            value = c.committed if c.committed is not None else c.attempted
-            totals[name] = totals.get(name, 0) + (value or 0)
-    return totals
+    """This job's counters (`options.counter_totals` over `NAMESPACES`)."""
+    return options.counter_totals(result, NAMESPACES)
 
 
 def write_summary(settings, result, seconds: float) -> dict:

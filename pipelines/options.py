@@ -424,3 +424,25 @@ def clear_leftovers(directory: str, prefixes) -> list:
     if found:
         FileSystems.delete(found)
     return found
+
+
+def counter_totals(result, namespaces) -> dict | None:
+    """{"Namespace/counter-name": total} of the counters in `namespaces`
+    ({} when none was set); None when the runner reports no metrics.
+
+    Committed values where the runner has them, else attempted ones.
+    """
+    from apache_beam.metrics.metric import MetricsFilter
+
+    try:
+        counters = result.metrics().query(MetricsFilter())["counters"]
+    except Exception:  # runners without metrics support
+        return None
+    totals: dict = {}
+    for c in counters:
+        ns = c.key.metric.namespace
+        if ns in namespaces:
+            name = f"{ns}/{c.key.metric.name}"
+            value = c.committed if c.committed is not None else c.attempted
+            totals[name] = totals.get(name, 0) + (value or 0)
+    return totals

@@ -33,7 +33,6 @@ import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import TestOptions
 
 from configs import features, loader, metadata
@@ -99,20 +98,8 @@ def run_pipeline(settings, pipeline_options) -> beam.runners.runner.PipelineResu
 
 
 def counter_totals(result) -> dict | None:
-    """{"Namespace/counter-name": total} of our counters ({} when none was
-    set); None when the runner reports no metrics."""
-    try:
-        counters = result.metrics().query(MetricsFilter())["counters"]
-    except Exception:  # runners without metrics support
-        return None
-    totals: dict = {}
-    for c in counters:
-        ns = c.key.metric.namespace
-        if ns in NAMESPACES:
-            name = f"{ns}/{c.key.metric.name}"
-            value = c.committed if c.committed is not None else c.attempted
-            totals[name] = totals.get(name, 0) + (value or 0)
-    return totals  # {} when nothing was counted (no input at all)
+    """This job's counters (`options.counter_totals` over `NAMESPACES`)."""
+    return options.counter_totals(result, NAMESPACES)
 
 
 def _shards(settings) -> list[str]:
