@@ -20,9 +20,8 @@ the wall-clock budget; at the end write `encoder.weights.h5` for
 `model.finetune` and a PNG plot.
 
 Outputs in `model_dir` (both backends): `config.yaml` (resolved, with the
-backend), `checkpoints/`, `metrics.jsonl`, `metrics.png`,
-`encoder.weights.h5`, `vocab.txt`; `logs/train` (TensorBoard) on
-TensorFlow.
+backend), `checkpoints/`, `metrics.jsonl`, `metrics.png`, `logs/train`
+(TensorBoard), `encoder.weights.h5`, `vocab.txt`.
 """
 
 import argparse

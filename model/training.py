@@ -17,12 +17,14 @@ rest on a machine without TensorFlow.
 
 import json
 import os
+import socket
+import struct
 import sys
 import time
 
 import keras
 
-from configs import fileio
+from configs import fileio, records
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
@@ -197,8 +199,9 @@ class MetricsLogger:
 
     On resume, lines past the restored step (logged after the last save of
     the killed run) are dropped so each step appears once. TensorBoard
-    event files are written on the TensorFlow backend (`tensorboard=True`);
-    the JAX trainer imports no TensorFlow and logs `metrics.jsonl` only.
+    event files come from `tf.summary` with `tensorboard=True` (the
+    TensorFlow backend) and from `EventFileWriter` otherwise (the JAX
+    trainer, which imports no TensorFlow).
     """
 
     def __init__(self, model_dir, *, is_chief=True, resume_step=0, tensorboard=True):
@@ -217,12 +220,13 @@ class MetricsLogger:
             fileio.write_atomic(
                 self.path, "".join(json.dumps(line) + "\n" for line in kept)
             )
+        logdir = fileio.join(model_dir, TENSORBOARD_SUBDIR, "train")
         if tensorboard:
             import tensorflow as tf
 
-            self.writer = tf.summary.create_file_writer(
-                fileio.join(model_dir, TENSORBOARD_SUBDIR, "train")
-            )
+            self.writer = tf.summary.create_file_writer(logdir)
+        else:
+            self.writer = EventFileWriter(logdir)
 
     def log(self, step, values):
         if not self.enabled:
@@ -231,12 +235,71 @@ class MetricsLogger:
         record.update({k: float(v) for k, v in values.items()})
         with fileio.open_file(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.writer is None:
+        if isinstance(self.writer, EventFileWriter):
+            self.writer.scalars(int(step), values)
             return
         with self.writer.as_default(step=int(step)):
             for key, value in values.items():
                 write_scalar(key, float(value), int(step))
         self.writer.flush()
+
+
+class EventFileWriter:
+    """TensorBoard scalars written without TensorFlow.
+
+    An event file is TFRecord-framed `Event` protos: a first one with
+    `file_version`, then one per logged step whose `Summary` holds a
+    `simple_value` per metric. The few proto fields are encoded here
+    (Event: wall_time=1 double, step=2 int64, file_version=3 string,
+    summary=5; Summary: value=1; Value: tag=1 string, simple_value=2
+    float), which TensorBoard and `tf.compat.v1.train.summary_iterator`
+    read as `tf.summary.scalar` output.
+    """
+
+    def __init__(self, logdir):
+        fileio.makedirs(logdir)
+        name = (
+            f"events.out.tfevents.{int(time.time())}."
+            f"{socket.gethostname()}.{os.getpid()}.v2"
+        )
+        self.path = fileio.join(logdir, name)
+        self._write(_field(3, b"brain.Event:2"))
+
+    def scalars(self, step, values):
+        """One event at `step` (int) with `values` ({tag: float})."""
+        summary = b"".join(
+            _field(
+                1,
+                _field(1, tag.encode("utf-8"))
+                + b"\x15"
+                + struct.pack("<f", float(value)),
+            )
+            for tag, value in values.items()
+        )
+        self._write(b"\x10" + _varint(step) + _field(5, summary))
+
+    def _write(self, event_fields):
+        event = b"\x09" + struct.pack("<d", time.time()) + event_fields
+        with fileio.open_file(self.path, "ab") as f:
+            f.write(records.tfrecord_frame(event))
+
+
+def _varint(value):
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        bits = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+def _field(number, payload):
+    """A length-delimited proto field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
 def write_scalar(tag, value, step):

@@ -92,6 +92,19 @@ def test_jax_run_writes_what_the_tf_run_writes(jax_run_dir):
         assert np.isfinite(records[-1][key]), key
     # Warm-up of 1 step, then linear decay to 0 at step 6.
     assert records[-1]["learning_rate"] == pytest.approx(1e-3 * (1 - 5 / 6))
+    # TensorBoard scalars without TensorFlow, readable by TensorFlow.
+    import glob
+
+    import tensorflow as tf
+
+    (events,) = glob.glob(os.path.join(jax_run_dir, "logs", "train", "events.*"))
+    logged = {
+        e.step: {v.tag: v.simple_value for v in e.summary.value}
+        for e in tf.compat.v1.train.summary_iterator(events)
+        if e.summary.value
+    }
+    assert sorted(logged) == [2, 4, 6]
+    assert logged[6]["loss"] == pytest.approx(records[-1]["loss"], rel=1e-6)
 
 
 def test_jax_encoder_fine_tunes_and_exports_under_tensorflow(jax_run_dir, tmp_path):
