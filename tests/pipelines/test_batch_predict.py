@@ -562,3 +562,35 @@ def test_model_loaded_once_for_all_threads(model):
         )
         assert_that(scored, equal_to(texts))
     assert _CountingHandler.loads == 1
+
+
+@pytest.mark.slow
+def test_job_on_prism_equals_direct_runner(model, tmp_path):
+    """The same rows, predictions and metrics from Prism as from DirectRunner
+    (RunInference's batching and the model handler in Prism's workers)."""
+    prism = os.path.join(ROOT, ".engines", "bin", "prism")
+    if not os.path.exists(prism):
+        pytest.skip(f"prism engine not installed ({prism}): run `make engines`")
+    runs = {}
+    for name, flags in (
+        ("direct", ["--runner=DirectRunner"]),
+        (
+            "prism",
+            [
+                "--runner=PrismRunner",
+                f"--prism_location={prism}",
+                # DirectRunner's own try of Prism stays cached in-process.
+                "--experiments=disable_prism_server_singleton",
+            ],
+        ),
+    ):
+        out = tmp_path / name
+        summary = bp.run(
+            _argv(model, model["dev"], out, "--label_column=label", *flags)
+        )
+        rows = sorted(json.dumps(r, sort_keys=True) for r in _predictions(out))
+        runs[name] = (rows, json.load(open(out / bp.METRICS_FILE)), summary)
+    assert runs["prism"][0] == runs["direct"][0]
+    assert runs["prism"][1] == runs["direct"][1]
+    for key in ("rows_read", "rows_predicted", "rows_dead_letter", "rows_blank"):
+        assert runs["prism"][2][key] == runs["direct"][2][key], key
