@@ -172,6 +172,25 @@ def _mask(crcs: np.ndarray) -> np.ndarray:
     return (rotated.astype(np.uint64) + 0xA282EAD8).astype(np.uint32)
 
 
+def varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int (writers without TF)."""
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def proto_field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited proto field: tag byte (field << 3 | 2), varint
+    length, payload."""
+    return bytes([tag]) + varint(len(payload)) + payload
+
+
 def tfrecord_frame(record: bytes) -> bytes:
     """One TFRecord frame of `record` (for tests and writers without TF)."""
     length = struct.pack("<Q", len(record))

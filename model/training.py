@@ -263,43 +263,25 @@ class EventFileWriter:
             f"{socket.gethostname()}.{os.getpid()}.v2"
         )
         self.path = fileio.join(logdir, name)
-        self._write(_field(3, b"brain.Event:2"))
+        self._write(records.proto_field(0x1A, b"brain.Event:2"))  # file_version
 
     def scalars(self, step, values):
         """One event at `step` (int) with `values` ({tag: float})."""
+        field = records.proto_field
         summary = b"".join(
-            _field(
-                1,
-                _field(1, tag.encode("utf-8"))
-                + b"\x15"
-                + struct.pack("<f", float(value)),
+            # Summary.value (1) = Value{tag (1), simple_value (2, float)}
+            field(
+                0x0A, field(0x0A, tag.encode()) + b"\x15" + struct.pack("<f", float(v))
             )
-            for tag, value in values.items()
+            for tag, v in values.items()
         )
-        self._write(b"\x10" + _varint(step) + _field(5, summary))
+        # Event.step (2, varint), Event.summary (5)
+        self._write(b"\x10" + records.varint(step) + field(0x2A, summary))
 
     def _write(self, event_fields):
         event = b"\x09" + struct.pack("<d", time.time()) + event_fields
         with fileio.open_file(self.path, "ab") as f:
             f.write(records.tfrecord_frame(event))
-
-
-def _varint(value):
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        bits = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
-
-
-def _field(number, payload):
-    """A length-delimited proto field (wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
 def write_scalar(tag, value, step):

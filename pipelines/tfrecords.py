@@ -30,7 +30,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from configs import features
+from configs import features, records
 from pipelines import text
 
 NAMESPACE = "WriteTfRecords"
@@ -44,22 +44,9 @@ _FLOAT_ONE = struct.pack("<f", 1.0)
 _FLOAT_ZERO = struct.pack("<f", 0.0)
 
 
-def varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int."""
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field(tag: int, payload: bytes) -> bytes:
-    """A length-delimited field: tag byte, varint length, payload."""
-    return bytes([tag]) + varint(len(payload)) + payload
+# The scalar proto encoders are shared with the TF-free reader/writers.
+varint = records.varint
+_field = records.proto_field
 
 
 def shard_suffix(compression: str) -> str:
