@@ -199,15 +199,7 @@ class MaskingRule:
     @classmethod
     def from_config(cls, vocab: list[str], data) -> "MaskingRule":
         """The rule of a `configs.schema.DataConfig` for a token list."""
-        return cls.create(
-            vocab,
-            max_predictions_per_seq=data.max_predictions_per_seq,
-            masked_lm_prob=data.masked_lm_prob,
-            mask_token_prob=data.mask_token_prob,
-            random_token_prob=data.random_token_prob,
-            random_tokens=data.random_tokens,
-            whole_word_mask=data.whole_word_mask,
-        )
+        return cls.create(vocab, **rule_settings(data))
 
     def budget(self, num_real_tokens: int) -> int:
         """Tokens to predict for a sequence of `num_real_tokens` (rule 2)."""
@@ -229,3 +221,20 @@ class MaskingRule:
         t_mask = int(round(self.mask_token_prob * scale))
         t_keep = int(round((self.mask_token_prob + self.random_token_prob) * scale))
         return t_mask, min(t_keep, scale)
+
+
+# The `DataConfig` fields the rule is made of (`MaskingRule.create`'s
+# keyword arguments, and the trainer's masker's).
+RULE_FIELDS = (
+    "max_predictions_per_seq",
+    "masked_lm_prob",
+    "mask_token_prob",
+    "random_token_prob",
+    "random_tokens",
+    "whole_word_mask",
+)
+
+
+def rule_settings(data) -> dict:
+    """{field: value} of `RULE_FIELDS` from a `configs.schema.DataConfig`."""
+    return {name: getattr(data, name) for name in RULE_FIELDS}

@@ -120,16 +120,7 @@ class DynamicMasker:
     @classmethod
     def from_config(cls, vocab, data, seed=None):
         """The masker of a `configs.schema.DataConfig`."""
-        return cls(
-            vocab,
-            max_predictions_per_seq=data.max_predictions_per_seq,
-            masked_lm_prob=data.masked_lm_prob,
-            mask_token_prob=data.mask_token_prob,
-            random_token_prob=data.random_token_prob,
-            random_tokens=data.random_tokens,
-            whole_word_mask=data.whole_word_mask,
-            seed=seed,
-        )
+        return cls(vocab, seed=seed, **masking_rule.rule_settings(data))
 
     def __call__(self, batch):
         """`mask(batch, fresh seed)`: the `tf.data` map function.
