@@ -11,6 +11,7 @@ The chain (each stage a PTransform of its own module):
     ReadDocuments        (doc_id, lines)            pipelines/corpus.py
     TokenizeDocuments    (fingerprint, ids, ends)   pipelines/tokenize.py
     CreateSentencePairs  InstanceBatch (per bucket) pipelines/sentence_pairs.py
+                         (buckets through spill files: pipelines/buckets.py)
     MaskTokens           MaskedBatch (per bucket)   pipelines/masking.py
     WriteTfRecords       pretraining-SSSSS-of-NNNNN.tfrecord[.gz]
 
@@ -52,6 +53,9 @@ def build_pipeline(p: beam.Pipeline, settings: options.PretrainingDataSettings):
     """Adds the job's transforms to `p`; returns the written-files PCollection."""
     data = settings.data
     special_ids = features.special_token_ids(list(settings.vocab))
+    # One temporary directory for the run: the documents spilled for
+    # bucketing, then the record pieces; deleted after the last shard.
+    temp_dir = tfrecords.new_temp_dir(settings.output_dir)
     documents = p | "ReadCorpus" >> corpus.ReadDocuments(
         file_patterns=settings.input, text_field=settings.text_field
     )
@@ -66,6 +70,7 @@ def build_pipeline(p: beam.Pipeline, settings: options.PretrainingDataSettings):
         dupe_factor=data.dupe_factor,
         bucket_size=data.bucket_size,
         seed=data.seed,
+        temp_dir=temp_dir,
     )
     masked = instances | "Mask" >> masking.MaskTokens(
         vocab_path=data.vocab_file,
@@ -84,6 +89,7 @@ def build_pipeline(p: beam.Pipeline, settings: options.PretrainingDataSettings):
         vocab_size=len(settings.vocab),
         num_shards=settings.num_shards,
         compression=settings.compression,
+        temp_dir=temp_dir,
     )
 
 

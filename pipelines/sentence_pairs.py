@@ -31,7 +31,7 @@ import apache_beam as beam
 import numpy as np
 
 from configs import features
-from pipelines import text
+from pipelines import buckets, text
 
 # === Counters (namespace CreateSentencePairs) ===
 NAMESPACE = "CreateSentencePairs"
@@ -337,16 +337,6 @@ class InstanceBatch(NamedTuple):
     mask_seed: int
 
 
-class _AssignBucketsFn(beam.DoFn):
-    """`(fingerprint, flat, ends)` -> `(bucket, doc)`, the bucket a hash."""
-
-    def __init__(self, seed: int):
-        self._seed = seed
-
-    def process(self, doc, num_buckets):
-        yield text.derive_seed(self._seed, doc[0], 1) % num_buckets, doc
-
-
 class _PairBucketFn(beam.DoFn):
     """One bucket -> an `InstanceBatch` per round (sliced when large)."""
 
@@ -432,25 +422,52 @@ class _PairBucketFn(beam.DoFn):
         self._progress.add(counts[PAIRS])
 
 
+class _PairGroupFn(_PairBucketFn):
+    """`(group, [(spill path, byte_lo, byte_hi), ...])` -> the
+    `InstanceBatch`es of each bucket of the group, in bucket order; the
+    corpus totals `(documents, tokens)` come as a side input."""
+
+    def __init__(self, bucket_size: int, group_tokens: int, **params):
+        super().__init__(**params)
+        self._bucket_size = bucket_size
+        self._group_tokens = group_tokens
+
+    def process(self, element, totals):
+        _, ranges = element
+        plan = buckets.make_plan(*totals, self._bucket_size, self._group_tokens)
+        docs = []
+        for path, lo, hi in sorted(ranges):
+            docs.extend(buckets.read_documents(path, lo, hi))
+        for bucket in buckets.split_buckets(docs, self._seed, plan.num_buckets):
+            yield from super().process(bucket)
+
+
 class CreateSentencePairs(beam.PTransform):
     """Makes NSP/SOP instances from tokenized documents, in hash buckets.
 
-    Input: `(fingerprint: int, flat: np.ndarray[int32], ends: np.ndarray)`
-    per document (see `TokenizeDocuments`). Output: one `InstanceBatch` per
-    bucket and duplication round (`dupe_factor` rounds), sliced into
-    `MAX_BATCH_ROWS` rows.
+    Input: `(fingerprint: int, flat: np.ndarray[uint16|int32], ends:
+    np.ndarray[int32])` per document (see `TokenizeDocuments`). Output: one
+    `InstanceBatch` per bucket and duplication round (`dupe_factor`
+    rounds), sliced into `MAX_BATCH_ROWS` rows.
 
-    Every document gets a bucket key `hash(seed, fingerprint) %
-    num_buckets`, with `num_buckets = ceil(num_documents / bucket_size)`; a
-    GroupByKey gathers each bucket, so random next sentences come from the
-    ~`bucket_size` other documents of that bucket and a worker holds one
-    bucket at a time. All `dupe_factor` rounds of a bucket are made there,
-    each document-round's pairs with their own rng from (seed, fingerprint,
-    round), the masks per bucket-round (see `InstanceBatch`):
-    the shuffle carries each document's tokens once, not `dupe_factor`
-    times (10x less shuffle at bert's default), at the price of the same
-    ~`bucket_size` partner documents in every round. Membership, and so
-    every record, is independent of runner and workers.
+    Every document belongs to one of `num_buckets = ceil(num_documents /
+    bucket_size)` buckets, a range of `hash(seed, fingerprint)`, so random
+    next sentences come from the ~`bucket_size` other documents of its
+    bucket. The documents reach their bucket through files, not a shuffle
+    (`pipelines.buckets`: spilled while tokenizing, only byte ranges
+    grouped), so no runner ever holds the corpus in memory: a worker holds
+    one spill buffer, then one group of buckets (~`group_tokens` ids). All
+    `dupe_factor` rounds of a bucket are made there, each document-round's
+    pairs with their own rng from (seed, fingerprint, round), the masks per
+    bucket-round (see `InstanceBatch`): the documents are written and read
+    once, not `dupe_factor` times, at the price of the same ~`bucket_size`
+    partner documents in every round. Membership, and so every record, is
+    independent of runner, workers, bundles, spill and group sizes.
+
+    Args:
+        temp_dir: where the spill files go (a directory of this run that
+            is deleted once its records are written; see
+            `tfrecords.WriteTfRecords`).
     """
 
     def __init__(
@@ -463,6 +480,9 @@ class CreateSentencePairs(beam.PTransform):
         dupe_factor: int,
         bucket_size: int,
         seed: int,
+        temp_dir: str,
+        spill_tokens: int = buckets.SPILL_TOKENS,
+        group_tokens: int = buckets.GROUP_TOKENS,
     ):
         super().__init__()
         if sentence_task not in features.SENTENCE_TASKS:
@@ -471,6 +491,8 @@ class CreateSentencePairs(beam.PTransform):
             raise ValueError(
                 "need max_seq_length >= 8, dupe_factor >= 1, bucket_size >= 2"
             )
+        if spill_tokens < 1 or group_tokens < 1:
+            raise ValueError("spill_tokens and group_tokens must be positive")
         self._special_ids = {
             features.CLS: special_ids[features.CLS],
             features.SEP: special_ids[features.SEP],
@@ -481,32 +503,38 @@ class CreateSentencePairs(beam.PTransform):
         self._dupe_factor = dupe_factor
         self._bucket_size = bucket_size
         self._seed = seed
+        self._temp_dir = temp_dir
+        self._spill_tokens = spill_tokens
+        self._group_tokens = group_tokens
 
     def expand(self, docs):
-        bucket_size = self._bucket_size
-        # How many buckets: from the document count (a tiny global combine).
-        num_buckets = (
-            docs
-            | "CountDocuments" >> beam.combiners.Count.Globally()
-            | "NumBuckets" >> beam.Map(lambda n: max(1, -(-n // bucket_size)))
+        spills = docs | "SpillDocuments" >> beam.ParDo(
+            buckets.SpillDocumentsFn(self._temp_dir, self._seed, self._spill_tokens)
+        )
+        # Documents and ids in all fix the buckets and groups (a tiny
+        # global combine over one element per spill file).
+        totals = beam.pvalue.AsSingleton(
+            spills | "CountDocuments" >> beam.CombineGlobally(buckets.SumSpills())
         )
         return (
-            docs
-            | "AssignBuckets"
+            spills
+            | "PlanGroups"
             >> beam.ParDo(
-                _AssignBucketsFn(self._seed),
-                beam.pvalue.AsSingleton(num_buckets),
+                buckets.PlanGroupsFn(self._bucket_size, self._group_tokens), totals
             )
             | "GroupBuckets" >> beam.GroupByKey()
             | "PairSentences"
             >> beam.ParDo(
-                _PairBucketFn(
+                _PairGroupFn(
+                    bucket_size=self._bucket_size,
+                    group_tokens=self._group_tokens,
                     seed=self._seed,
                     dupe_factor=self._dupe_factor,
                     special_ids=self._special_ids,
                     max_seq_length=self._max_seq_length,
                     short_seq_prob=self._short_seq_prob,
                     sentence_task=self._sentence_task,
-                )
+                ),
+                totals,
             )
         )

@@ -141,3 +141,20 @@ class Progress:
             self._log.info(
                 "%s: %d %s so far (%.0f/s)", self._label, self._n, self._unit, rate
             )
+
+
+def fail_once_for_test(variable: str) -> None:
+    """Test-only fault injection: when the environment variable `variable`
+    names a file that does not exist yet, creates it and raises, so exactly
+    one caller (even across processes) fails and the runner must retry its
+    bundle. Unset in every real run: then a no-op."""
+    import os
+
+    marker = os.environ.get(variable)
+    if not marker:
+        return
+    try:
+        open(marker, "x").close()  # exactly one bundle wins, even in parallel
+    except FileExistsError:
+        return
+    raise RuntimeError(f"injected test failure ({variable}={marker})")

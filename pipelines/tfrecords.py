@@ -307,19 +307,6 @@ _FRAME_HEADERS: dict = {}
 FAIL_ONCE_ENV = "PIPELINES_TEST_FAIL_ONCE"
 
 
-def _test_fail_once(variable: str) -> None:
-    import os
-
-    marker = os.environ.get(variable)
-    if not marker:
-        return
-    try:
-        open(marker, "x").close()  # exactly one bundle wins, even in parallel
-    except FileExistsError:
-        return
-    raise RuntimeError(f"injected test failure ({variable}={marker})")
-
-
 class _WritePiecesFn(beam.DoFn):
     """`MaskedBatch` -> `(shard, piece path)`: records dealt over shards.
 
@@ -366,7 +353,7 @@ class _WritePiecesFn(beam.DoFn):
 
     def finish_bundle(self):
         pieces = self._flush()
-        _test_fail_once(FAIL_ONCE_ENV)  # after the pieces exist: a real retry
+        text.fail_once_for_test(FAIL_ONCE_ENV)  # after the pieces exist: a real retry
         for shard_and_path in pieces:
             yield WindowedValue(shard_and_path, MIN_TIMESTAMP, [GlobalWindow()])
 
@@ -503,6 +490,11 @@ def _delete_temp_dir(temp_dir: str, finals: list) -> list:
     return sorted(finals)
 
 
+def new_temp_dir(output_dir: str) -> str:
+    """A fresh temporary directory name for one run's pieces."""
+    return FileSystems.join(output_dir, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+
+
 def temp_dir_pattern(output_dir: str) -> str:
     """Where interrupted runs may have left pieces (every run clears them)."""
     return FileSystems.join(output_dir, f"{TEMP_PREFIX}*")
@@ -522,6 +514,10 @@ class WriteTfRecords(beam.PTransform):
     keeps Beam's local runners' memory flat in the corpus size (they hold
     a whole shuffle in memory) and saves the encode/decode of every record
     through the shuffle on every runner.
+
+    `temp_dir` (default: a fresh `OUTPUT_DIR/.temp-pieces-<uuid>`) holds
+    the pieces; the whole directory, with anything earlier stages of the
+    run spilled there, is deleted once every shard is written.
     """
 
     def __init__(
@@ -534,6 +530,7 @@ class WriteTfRecords(beam.PTransform):
         num_shards: int,
         compression: str = "none",
         flush_bytes: int = 32 << 20,
+        temp_dir: str | None = None,
     ):
         super().__init__()
         if compression not in COMPRESSIONS:
@@ -545,11 +542,10 @@ class WriteTfRecords(beam.PTransform):
         self._num_shards = num_shards
         self._compression = compression
         self._flush_bytes = flush_bytes
+        self._temp_dir = temp_dir
 
     def expand(self, batches):
-        temp_dir = FileSystems.join(
-            self._output_dir, f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-        )
+        temp_dir = self._temp_dir or new_temp_dir(self._output_dir)
         n = self._num_shards
         pieces = batches | "WritePieces" >> beam.ParDo(
             _WritePiecesFn(temp_dir, n, self._encoder_args, self._flush_bytes)

@@ -27,7 +27,14 @@ import time
 import apache_beam as beam
 import pytest
 
-from pipelines import classification_data, options, pretraining_data, tfrecords, vocab
+from pipelines import (
+    buckets,
+    classification_data,
+    options,
+    pretraining_data,
+    tfrecords,
+    vocab,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ENGINES_DIR = pathlib.Path(os.environ.get("ENGINES_DIR", ROOT / ".engines"))
@@ -231,17 +238,20 @@ def read_tfrecord_dir(directory) -> list[bytes]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["bundle_direct", "spark"])
+@pytest.mark.parametrize("stage", ["spill", "pieces"])
 def test_retried_bundle_loses_and_duplicates_nothing(
-    engine, inputs, direct_pretraining, tmp_path, monkeypatch
+    engine, stage, inputs, direct_pretraining, tmp_path, monkeypatch
 ):
-    """One piece-writer bundle fails after writing its pieces (a test-only
-    switch, `tfrecords.FAIL_ONCE_ENV`); the runner retries it. The records
-    must still equal a clean run's: the failed attempt's pieces are never
-    concatenated, and the retry's are, once. (Prism fails the job on a
+    """One bundle of a file-writing stage fails after writing its files (a
+    test-only switch: the document spill, `buckets.FAIL_ONCE_ENV`, or the
+    record pieces, `tfrecords.FAIL_ONCE_ENV`); the runner retries it. The
+    records must still equal a clean run's: the failed attempt's files are
+    never read, and the retry's are, once. (Prism fails the job on a
     bundle failure instead of retrying; Spark retries with local[N,F].)"""
     flags = engine_flags(engine, spark_master="local[2,3]")
     marker = tmp_path / "failed-once"
-    monkeypatch.setenv(tfrecords.FAIL_ONCE_ENV, str(marker))
+    variable = {"spill": buckets.FAIL_ONCE_ENV, "pieces": tfrecords.FAIL_ONCE_ENV}
+    monkeypatch.setenv(variable[stage], str(marker))
     records, meta = direct_pretraining
     out = tmp_path / "out"
     got = pretraining_data.run(
