@@ -61,6 +61,8 @@ import numpy as np
 from configs import features, fileio
 from configs.loader import RESOLVED_CONFIG_FILE, dump_config, load_config
 from configs.loader import load_resolved
+from configs.metrics import classification_metrics as matrix_metrics
+from configs.metrics import confusion_matrix
 from configs.schema import ConfigError
 
 BEST_WEIGHTS_FILE = "best.weights.h5"
@@ -248,21 +250,11 @@ def _recorded_config(cfg, labels):
 
 # === Metrics ===
 def classification_metrics(labels, predictions, num_classes) -> dict:
-    """Accuracy and macro-F1 (mean over classes present in either array)."""
-    labels = np.asarray(labels)
-    predictions = np.asarray(predictions)
-    f1s = []
-    for c in range(num_classes):
-        tp = np.sum((predictions == c) & (labels == c))
-        fp = np.sum((predictions == c) & (labels != c))
-        fn = np.sum((predictions != c) & (labels == c))
-        if tp + fp + fn == 0:
-            continue
-        f1s.append(2 * tp / (2 * tp + fp + fn))
-    return {
-        "accuracy": float(np.mean(predictions == labels)) if len(labels) else 0.0,
-        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
-    }
+    """Accuracy and macro-F1 (mean over classes present in either array),
+    as the batch-inference job reports them (`configs.metrics`)."""
+    m = confusion_matrix(labels, predictions, num_classes)
+    full = matrix_metrics(m, list(range(num_classes)))
+    return {"accuracy": full["accuracy"], "macro_f1": full["macro_f1"]}
 
 
 def mean_std(values) -> tuple[float, float]:

@@ -43,7 +43,7 @@ class _TokenizeBatchFn(beam.DoFn):
         vocab = features.read_vocab(self._vocab_path)
         self._tokenizer = tokenization.build_tokenizer(vocab, self._do_lower_case)
         self._unk_id = features.special_token_ids(vocab)[features.UNK]
-        # Ids travel through the bucket shuffle: 2 bytes each when they fit.
+        # Ids go through the bucket spill files: 2 bytes each when they fit.
         self._dtype = np.uint16 if len(vocab) <= 1 << 16 else np.int32
         self._tf = tf
         self._count = text.counter_fn(NAMESPACE)

@@ -198,24 +198,6 @@ def test_format_prediction_renames_clashing_fields():
     )
 
 
-def test_metrics_match_model_finetune():
-    from model.finetune import classification_metrics
-
-    rng = np.random.default_rng(0)
-    for num_classes in (2, 3, 5):
-        true = rng.integers(0, num_classes, 200)
-        predicted = np.where(rng.random(200) < 0.6, true, rng.integers(0, 2, 200))
-        matrix = np.zeros((num_classes, num_classes), np.int64)
-        np.add.at(matrix, (true, predicted), 1)
-        labels = [str(i) for i in range(num_classes)]
-        ours = bp.classification_metrics(matrix.tolist(), labels)
-        theirs = classification_metrics(true, predicted, num_classes)
-        assert ours["accuracy"] == pytest.approx(theirs["accuracy"], abs=1e-12)
-        assert ours["macro_f1"] == pytest.approx(theirs["macro_f1"], abs=1e-12)
-        assert ours["count"] == 200
-        assert sum(c["support"] for c in ours["per_class"].values()) == 200
-
-
 def test_metrics_per_class_by_hand():
     m = bp.classification_metrics([[3, 1], [2, 4]], ["neg", "pos"], ["N", "P"])
     assert m["accuracy"] == 0.7
