@@ -39,3 +39,20 @@ def test_inspect_prints_instances_and_writes_histogram(
     assert abs(stats["label_fraction_1"] - 2 / 3) < 1e-9
     assert os.path.getsize(stats["histogram"]) > 1000
     assert open(stats["histogram"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cut_shard_is_one_line_naming_it(tmp_path, capsys, vocab_file, vocab_tokens):
+    encoder = tfrecords.ExampleEncoder(16, 3, len(vocab_tokens))
+    path = tmp_path / "pretraining-00000-of-00001.tfrecord"
+    frames = b"".join(
+        tfrecords.tfrecord_frame(encoder.encode([2, 5, 3, 6, 3], 3, 0, [1], [7]))
+        for _ in range(4)
+    )
+    path.write_bytes(frames[:-10])  # a writer killed inside the last record
+    try:
+        inspect.main([str(tmp_path), f"--vocab={vocab_file}"])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith("error: ") and str(path) in err[0]
