@@ -10,7 +10,10 @@ every 0.2 s:
 - wall seconds;
 - CPU seconds: user + system of every process seen in the tree, each at
   its last sample (a process's last < 0.2 s can be missed);
-- peak RSS: the largest sum of VmRSS over the tree at one sample.
+- peak RSS: the largest sum of VmRSS over the tree at one sample, and
+  how it splits over the processes (by name) at that sample;
+- peak disk: the bytes under the job's output directory (records and the
+  run's temporary spill and piece files), every 2 s.
 
 The engine start cost is the wall time of the same command on a
 three-document corpus (start the engine + a worker, run, stop), also per
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
+import gzip
 import hashlib
 import json
 import os
@@ -115,34 +119,58 @@ def _tree(root_pid: int) -> list[int]:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _sample(pids: list[int], cpu: dict) -> int:
-    """Tree RSS in bytes now; updates `cpu` {(pid, start): seconds}."""
-    rss = 0
+def _sample(pids: list[int], cpu: dict) -> tuple[int, dict]:
+    """(tree RSS in bytes now, {process name: RSS bytes}); updates `cpu`
+    {(pid, start): seconds}."""
+    rss, by_name = 0, {}
     for pid in pids:
         try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            stat = open(f"/proc/{pid}/stat").read()
+            name = stat.split("(", 1)[1].rsplit(")", 1)[0]
+            fields = stat.rsplit(")", 1)[1].split()
             # utime, stime are fields 14, 15; starttime 22 (1-based, man 5 proc)
             cpu[(pid, fields[19])] = (int(fields[11]) + int(fields[12])) / _TICK
             for line in open(f"/proc/{pid}/status"):
                 if line.startswith("VmRSS:"):
-                    rss += int(line.split()[1]) * 1024
+                    value = int(line.split()[1]) * 1024
+                    rss += value
+                    by_name[name] = by_name.get(name, 0) + value
                     break
         except (OSError, IndexError, ValueError):
             continue
-    return rss
+    return rss, by_name
 
 
-def timed(cmd: list[str], log: str) -> dict:
-    """Runs `cmd`; returns wall s, tree CPU s, peak tree RSS bytes, load."""
-    peak, cpu = [0], {}
+def _disk_bytes(directory: str) -> int:
+    """Bytes of the files under `directory` (the outputs and temp files)."""
+    total = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def timed(cmd: list[str], log: str, out_dir: str | None = None) -> dict:
+    """Runs `cmd`; returns wall s, tree CPU s, peak tree RSS (and which
+    processes held it), peak bytes under `out_dir` (every 2 s), load."""
+    peak, at_peak, disk, cpu = [0], [{}], [0], {}
     load_before = os.getloadavg()[0]
     with open(log, "w") as out:
         start = time.time()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
 
         def poll():
+            last_disk = 0.0
             while proc.poll() is None:
-                peak[0] = max(peak[0], _sample(_tree(proc.pid), cpu))
+                rss, by_name = _sample(_tree(proc.pid), cpu)
+                if rss > peak[0]:
+                    peak[0], at_peak[0] = rss, by_name
+                if out_dir and time.time() - last_disk > 2:
+                    disk[0] = max(disk[0], _disk_bytes(out_dir))
+                    last_disk = time.time()
                 time.sleep(0.2)
 
         thread = threading.Thread(target=poll, daemon=True)
@@ -157,6 +185,10 @@ def timed(cmd: list[str], log: str) -> dict:
         "wall_s": wall,
         "cpu_s": sum(cpu.values()),
         "peak_rss_mb": peak[0] / 2**20,
+        "peak_rss_by_process_mb": {
+            k: round(v / 2**20) for k, v in sorted(at_peak[0].items())
+        },
+        "peak_disk_mb": disk[0] / 2**20,
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
     }
@@ -194,7 +226,7 @@ def job(engine, corpus, vocab, out, log, dupe_factor, num_shards) -> dict:
         f"--num_shards={num_shards}",
         *engine_flags(engine),
     ]
-    row = timed(cmd, log)
+    row = timed(cmd, log, out)
     with open(os.path.join(out, "metadata.json")) as f:
         meta = json.load(f)
     row["instances"] = meta["num_examples"]
@@ -204,20 +236,39 @@ def job(engine, corpus, vocab, out, log, dupe_factor, num_shards) -> dict:
 
 
 def corpus_copies(work: str, copies: int, corpus: str = CORPUS) -> str:
-    """A glob over `copies` symlinked copies of the corpus shards (copy k's
-    files have their own names, so their documents count as new ones)."""
+    """A glob over `copies` copies of the corpus shards whose documents are
+    all distinct: copy 0 is the corpus itself (a symlink), copy k >= 1 ends
+    every document with one more sentence, `Copy k.` (gzip level 1). The
+    job keeps one copy of identical documents, so plain copies would add
+    reading and tokenizing but no pairs; these scale every stage."""
     shards = sorted(glob.glob(corpus))
     if not shards:
         sys.exit(f"error: no corpus shards match {corpus}")
     if copies == 1:
         return corpus
-    d = os.path.join(work, f"corpus-x{copies}")
+    d = os.path.join(work, f"corpus-x{copies}-distinct")
     os.makedirs(d, exist_ok=True)
-    for k in range(copies):
-        for shard in shards:
-            link = os.path.join(d, f"copy{k:03d}-{os.path.basename(shard)}")
-            if not os.path.exists(link):
-                os.symlink(os.path.abspath(shard), link)
+    for shard in shards:
+        name = os.path.basename(shard)
+        first = os.path.join(d, f"copy000-{name}")
+        if not os.path.exists(first):
+            os.symlink(os.path.abspath(shard), first)
+        todo = [
+            k
+            for k in range(1, copies)
+            if not os.path.exists(os.path.join(d, f"copy{k:03d}-{name}"))
+        ]
+        if not todo:
+            continue
+        with gzip.open(shard, "rt", encoding="utf-8") as f:
+            docs = [doc.strip("\n") for doc in f.read().split("\n\n")]
+        docs = [doc for doc in docs if doc.strip()]
+        for k in todo:
+            text = "\n\n".join(f"{doc}\nCopy {k}." for doc in docs) + "\n"
+            path = os.path.join(d, f"copy{k:03d}-{name}")
+            with gzip.open(path + ".tmp", "wt", encoding="utf-8", compresslevel=1) as f:
+                f.write(text)
+            os.rename(path + ".tmp", path)
     return os.path.join(d, "*.txt.gz")
 
 
@@ -285,9 +336,13 @@ def main(argv=None):
     base = next((r for r in rows if r["engine"] == "direct"), None)
     print(
         "\n| engine | start s | wall s | instances/s | CPU s | peak RSS MB "
-        "| wall vs direct | CPU vs direct | RSS vs direct | same records | load |"
+        "| peak disk MB | wall vs direct | CPU vs direct | RSS vs direct "
+        "| same records | load |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
+    print(
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| --- | --- |"
+    )
     for r in rows:
         ratio = lambda k: f"{r[k] / base[k]:.2f}x" if base else "-"  # noqa: E731
         same = (
@@ -299,7 +354,8 @@ def main(argv=None):
         print(
             f"| {r['engine']} | {start} | {r['wall_s']:.1f} "
             f"| {r['instances'] / r['wall_s']:,.0f} | {r['cpu_s']:.1f} "
-            f"| {r['peak_rss_mb']:,.0f} | {ratio('wall_s')} | {ratio('cpu_s')} "
+            f"| {r['peak_rss_mb']:,.0f} | {r['peak_disk_mb']:,.0f} "
+            f"| {ratio('wall_s')} | {ratio('cpu_s')} "
             f"| {ratio('peak_rss_mb')} | {same} "
             f"| {r['load_before']:.1f}-{r['load_after']:.1f} |"
         )

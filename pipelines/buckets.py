@@ -9,8 +9,9 @@ files instead and only small references are shuffled:
 
 1. `SpillDocumentsFn` (fused with tokenizing): buffers documents, and at
    `spill_tokens` (and at the end of a bundle) writes them, sorted by their
-   bucket hash, as one write-once spill file; emits a `Spill` (its path and
-   sizes). A retried bundle writes new files; only reported ones are read.
+   bucket hash and one copy per fingerprint, as one write-once spill file;
+   emits a `Spill` (its path and sizes). A retried bundle writes new
+   files; only reported ones are read.
 2. The spills' document and token totals (a tiny global combine) fix the
    number of buckets, `ceil(documents / bucket_size)`, and how many
    consecutive buckets make a *group* (about `group_tokens` tokens).
@@ -112,11 +113,15 @@ def make_plan(documents: int, tokens: int, bucket_size: int, group_tokens: int):
     return Plan(num_buckets, buckets_per_group, -(-num_buckets // buckets_per_group))
 
 
-def write_spill(path: str, docs: list) -> Spill:
+def write_spill(path: str, docs: list) -> tuple[Spill, int]:
     """Writes `docs`, a list of `(h, fingerprint, flat, ends)`, as one spill
     file in ascending `h` (ties by fingerprint, so the bytes do not depend
-    on arrival order)."""
+    on arrival order), one copy of each fingerprint. Returns the spill and
+    how many duplicate copies were left out (equal fingerprints mean equal
+    text; pairing keeps one copy anyway, so they need not be written)."""
     docs.sort(key=lambda d: (d[0], d[1]))
+    n = len(docs)
+    docs = [d for i, d in enumerate(docs) if i == 0 or d[1] != docs[i - 1][1]]
     parts, hashes, byte_ends = [], [], []
     offset = tokens = 0
     for h, fp, flat, ends in docs:
@@ -135,7 +140,7 @@ def write_spill(path: str, docs: list) -> Spill:
     parts.append(np.array(byte_ends, np.uint64).tobytes())
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         f.write(b"".join(parts))
-    return Spill(path, len(docs), tokens, offset)
+    return Spill(path, len(docs), tokens, offset), n - len(docs)
 
 
 def _read_range(path: str, lo: int, hi: int) -> bytes:
@@ -205,10 +210,22 @@ class SpillDocumentsFn(beam.DoFn):
     Memory is one buffer per bundle, whatever the corpus size.
     """
 
-    def __init__(self, temp_dir: str, seed: int, spill_tokens: int = SPILL_TOKENS):
+    def __init__(
+        self,
+        temp_dir: str,
+        seed: int,
+        spill_tokens: int = SPILL_TOKENS,
+        duplicate_counter: tuple[str, str] = ("SpillDocuments", "duplicates"),
+    ):
         self._temp_dir = temp_dir
         self._seed = seed
         self._spill_tokens = spill_tokens
+        self._duplicate_counter = duplicate_counter
+
+    def setup(self):
+        from apache_beam.metrics import Metrics
+
+        self._duplicates = Metrics.counter(*self._duplicate_counter)
 
     def start_bundle(self):
         self._docs = []
@@ -229,7 +246,9 @@ class SpillDocumentsFn(beam.DoFn):
 
     def _flush(self) -> Spill:
         path = FileSystems.join(self._temp_dir, f"docs-{uuid.uuid4().hex}.spill")
-        spill = write_spill(path, self._docs)
+        spill, duplicates = write_spill(path, self._docs)
+        if duplicates:
+            self._duplicates.inc(duplicates)
         self._docs, self._tokens = [], 0
         return spill
 

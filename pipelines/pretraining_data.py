@@ -272,7 +272,9 @@ def summary(meta: dict) -> str:
         f"{get(tokenize.NAMESPACE, tokenize.DOCUMENTS_TOKENIZED)} tokenized, "
         f"{get(tokenize.NAMESPACE, tokenize.DOCUMENTS_EMPTY)} skipped empty, "
         f"{get(sentence_pairs.NAMESPACE, sentence_pairs.DOCUMENTS_ONE_SENTENCE)}"
-        " with one sentence",
+        " with one sentence, "
+        f"{get(sentence_pairs.NAMESPACE, sentence_pairs.DOCUMENTS_DUPLICATE)}"
+        " duplicate(s) dropped",
         f"  tokens: {tokens}, [UNK] {unk} ({100.0 * unk / max(tokens, 1):.2f}%)",
         f"  {meta['sentence_task']} labels: 0={meta['label_counts']['0']} "
         f"1={meta['label_counts']['1']}; pairs truncated: "

@@ -44,6 +44,7 @@ PAIRS_NO_OTHER_DOCUMENT = "pairs-kept-in-order-for-lack-of-another-document"
 CHUNKS_DROPPED_NO_OTHER = "chunks-dropped-one-sentence-and-no-other-document"
 CHUNKS_DROPPED_ONE_TOKEN = "chunks-dropped-one-token-only"
 DOCUMENTS_ONE_SENTENCE = "documents-with-one-sentence"
+DOCUMENTS_DUPLICATE = "documents-duplicate-dropped"
 BUCKETS = "buckets-paired"
 
 CounterFn = Callable[[str, int], None]
@@ -354,8 +355,13 @@ class _PairBucketFn(beam.DoFn):
         _, docs = element
         # Sort by fingerprint: the grouping's order is the runner's, the
         # random choices must not depend on it. Equal fingerprints mean
-        # equal text, so ties need no tie-breaker.
+        # equal text: such copies would make the same pairs (their random
+        # choices come from the fingerprint) with "random next" sentences
+        # drawn from each other, and a much-copied long document would
+        # swell its bucket. One copy is kept; the rest are counted.
         docs = sorted(docs, key=lambda d: d[0])
+        unique = [d for i, d in enumerate(docs) if i == 0 or d[0] != docs[i - 1][0]]
+        duplicates, docs = len(docs) - len(unique), unique
         # Sentence lengths drive the algorithm; the ids stay in one array
         # (the bucket's documents back to back, then [CLS], [SEP]).
         lengths = [np.diff(ends, prepend=0).tolist() for _, _, ends in docs]
@@ -367,7 +373,7 @@ class _PairBucketFn(beam.DoFn):
             + [np.array([self._ids[features.CLS], self._ids[features.SEP]])]
         ).astype(np.int32)
         max_seq_length = self._params["max_seq_length"]
-        counts = collections.Counter({BUCKETS: 1})
+        counts = collections.Counter({BUCKETS: 1, DOCUMENTS_DUPLICATE: duplicates})
 
         def count(name, value=1):  # summed here, reported once per bucket
             counts[name] += value
@@ -509,7 +515,12 @@ class CreateSentencePairs(beam.PTransform):
 
     def expand(self, docs):
         spills = docs | "SpillDocuments" >> beam.ParDo(
-            buckets.SpillDocumentsFn(self._temp_dir, self._seed, self._spill_tokens)
+            buckets.SpillDocumentsFn(
+                self._temp_dir,
+                self._seed,
+                self._spill_tokens,
+                duplicate_counter=(NAMESPACE, DOCUMENTS_DUPLICATE),
+            )
         )
         # Documents and ids in all fix the buckets and groups (a tiny
         # global combine over one element per spill file).

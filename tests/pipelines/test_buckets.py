@@ -29,10 +29,12 @@ def _docs(n, seed=0, dtype=np.uint16, max_sentences=8):
 
 
 def _spill(tmp_path, docs, seed, name="a.spill"):
-    return buckets.write_spill(
+    spill, duplicates = buckets.write_spill(
         str(tmp_path / name),
         [(buckets.bucket_hash(seed, fp), fp, flat, ends) for fp, flat, ends in docs],
     )
+    assert duplicates == len(docs) - len({fp for fp, _, _ in docs})
+    return spill
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.int32])
@@ -184,3 +186,20 @@ def test_pairs_do_not_depend_on_spill_or_group_size(
         seeds = batches | "Seeds" >> beam.Map(lambda b: hex(b.mask_seed))
         assert_that(rows, equal_to(want_rows), label="SameRows")
         assert_that(seeds, equal_to(want_seeds), label="SameMaskSeeds")
+
+
+def test_spill_keeps_one_copy_of_each_fingerprint(tmp_path):
+    docs = _docs(50, seed=6)
+    spill = _spill(tmp_path, docs * 3 + docs[:7], seed=2)
+    assert spill.documents == 50
+    back = list(buckets.read_documents(spill.path, 0, spill.index_offset))
+    assert sorted(fp for fp, _, _ in back) == sorted(fp for fp, _, _ in docs)
+
+
+def test_duplicates_in_a_bucket_pair_like_one_copy(pair_params):
+    docs = _docs(10, seed=8)
+    fn = sentence_pairs._PairBucketFn(**dict(pair_params))
+    fn.setup()
+    once = [r for b in fn.process((0, docs)) for r in _canonical(b)]
+    copied = [r for b in fn.process((0, docs + docs[::2] * 5)) for r in _canonical(b)]
+    assert copied == once and len(once) > 10

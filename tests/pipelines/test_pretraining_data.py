@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from configs import features, metadata
+from testdata import CORPUS_TEXT
 from pipelines import options, pretraining_data, sentence_pairs, text
 
 SEQ, PRED = 32, 5
@@ -169,6 +170,23 @@ def test_bad_data_is_counted_not_fatal(tmp_path, vocab_file):
     assert c["CreateSentencePairs/documents-with-one-sentence"] == 1
     assert meta["num_examples"] > 0 and meta["sentence_task"] == "sop"
     assert meta["input_files_empty"] == [str(data / "empty.txt")]
+
+
+def test_duplicate_documents_are_counted_and_paired_once(tmp_path, vocab_file):
+    """Copies of a document (same text, in one file or across files) are
+    paired once: each copy would make the same pairs, with "random next"
+    sentences drawn from the other copies."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (data / name).write_text(CORPUS_TEXT + "\n\n" + CORPUS_TEXT, encoding="utf-8")
+    meta = pretraining_data.run(_argv(f"{data}/*.txt", vocab_file, tmp_path / "out"))
+    c = meta["counters"]
+    tokenized = c["TokenizeDocuments/documents-tokenized"]
+    assert tokenized % 4 == 0
+    assert c["CreateSentencePairs/documents-duplicate-dropped"] == tokenized * 3 // 4
+    pairs = read_records(str(tmp_path / "out"))
+    assert len(pairs) == meta["num_examples"] > 0
 
 
 @pytest.mark.parametrize(
