@@ -470,6 +470,13 @@ class CreateSentencePairs(beam.PTransform):
     partner documents in every round. Membership, and so every record, is
     independent of runner, workers, bundles, spill and group sizes.
 
+    Identical documents (equal fingerprints) are paired once and the other
+    copies counted (`documents-duplicate-dropped`): every copy would make
+    the same pairs, with "random next" sentences from its own copies.
+    Copies within one spill file are dropped before the documents are
+    counted for the number of buckets, copies across files after, so a
+    corpus with many copies gets buckets of somewhat under `bucket_size`.
+
     Args:
         temp_dir: where the spill files go (a directory of this run that
             is deleted once its records are written; see
