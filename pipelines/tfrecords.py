@@ -23,7 +23,7 @@ import zlib
 import numpy as np
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.transforms.window import GlobalWindow
@@ -381,9 +381,10 @@ class _ConcatenateShardFn(beam.DoFn):
     temporary file beside them in `temp_dir`, compressing here when asked,
     then renames it to `PREFIX-SSSSS-of-NNNNN.tfrecord[.gz]`: a job killed
     mid-copy leaves a cut file only under the temporary name, never under
-    the final one. Rewriting a shard from the same pieces is idempotent, so
-    a retried bundle is harmless; pieces are deleted only after every shard
-    is done.
+    the final one. The shard's pieces are deleted right after the rename,
+    so the disk holds the records about once, not twice. A retried (or
+    duplicate) attempt that finds pieces gone while the final shard exists
+    knows an earlier attempt completed it, and reports it.
     """
 
     def __init__(self, prefix, num_shards, compression, temp_dir):
@@ -394,6 +395,7 @@ class _ConcatenateShardFn(beam.DoFn):
 
     def process(self, element):
         shard, paths = element
+        paths = sorted(p for p in paths if p)
         final = (
             f"{self._prefix}-{shard:05d}-of-{self._num_shards:05d}"
             f"{shard_suffix(self._compression)}"
@@ -406,14 +408,27 @@ class _ConcatenateShardFn(beam.DoFn):
             if self._compression == "gzip"
             else CompressionTypes.UNCOMPRESSED
         )
-        with FileSystems.create(temp, compression_type=compression) as out:
-            for path in sorted(p for p in paths if p):
-                with FileSystems.open(
-                    path, compression_type=CompressionTypes.UNCOMPRESSED
-                ) as f:
-                    shutil.copyfileobj(f, out, _COPY_BYTES)
+        try:
+            with FileSystems.create(temp, compression_type=compression) as out:
+                for path in paths:
+                    with FileSystems.open(
+                        path, compression_type=CompressionTypes.UNCOMPRESSED
+                    ) as f:
+                        shutil.copyfileobj(f, out, _COPY_BYTES)
+        except (OSError, BeamIOError):
+            # Pieces are deleted only after their shard was renamed into
+            # place: a missing piece with the final shard present means
+            # another attempt finished this shard.
+            if FileSystems.exists(temp):
+                FileSystems.delete([temp])
+            if paths and FileSystems.exists(final):
+                yield final
+                return
+            raise
         _test_stall(STALL_BEFORE_RENAME_ENV)
         FileSystems.rename([temp], [final])
+        if paths:
+            FileSystems.delete(paths)
         yield final
 
 
@@ -481,7 +496,9 @@ def count_records(path: str, compression: str = "none") -> int:
 
 
 def _delete_temp_dir(temp_dir: str, finals: list) -> list:
-    """Removes the pieces once every shard is written; returns the shards."""
+    """Once every shard is written, removes what is left in `temp_dir`
+    (spill files, pieces of failed attempts) and the directory; returns the
+    shards."""
     pieces = FileSystems.match([FileSystems.join(temp_dir, "*")])[0].metadata_list
     if pieces:
         FileSystems.delete([m.path for m in pieces])

@@ -120,14 +120,15 @@ def read_records(directory) -> list[bytes]:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """The tiny test corpus (conftest), three times over as three files so
-    a runner gets more than one read split, and the inline vocabulary."""
+    a runner gets more than one read split, each line ending in its file's
+    word (identical documents would be paired once), and the inline
+    vocabulary."""
     from testdata import CORPUS_TEXT, make_vocab_tokens
 
     d = tmp_path_factory.mktemp("inputs")
-    for i in range(3):
-        (d / f"corpus-{i}.txt").write_text(
-            CORPUS_TEXT.replace("fox", ["fox", "dog", "sea"][i]), encoding="utf-8"
-        )
+    for i, word in enumerate(["fox", "dog", "sea"]):
+        lines = [f"{line} {word}" if line else line for line in CORPUS_TEXT.split("\n")]
+        (d / f"corpus-{i}.txt").write_text("\n".join(lines), encoding="utf-8")
     (d / "vocab.txt").write_text("\n".join(make_vocab_tokens()) + "\n")
     (d / "train.tsv").write_text(
         "sentence\tlabel\n"

@@ -165,3 +165,36 @@ def test_count_records_names_a_cut_shard(tmp_path, compression):
     path.write_bytes(cut)
     with pytest.raises(tfrecords.CutRecordError, match=f"{path}: cut short inside"):
         tfrecords.count_records(str(path), compression)
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_shard_pieces_go_once_the_shard_is_in_place(tmp_path, compression):
+    """A shard's pieces are deleted right after its rename (the records sit
+    on disk once); a retried or duplicate attempt that then finds them gone
+    reports the finished shard instead of failing, and one that finds them
+    gone without a finished shard fails."""
+    temp = tmp_path / ".temp-pieces-x"
+    temp.mkdir()
+    frames = [tfrecords.tfrecord_frame(bytes([i]) * (i + 1)) for i in range(6)]
+    pieces = []
+    for i in range(3):
+        path = temp / f"00000-{i}.piece"
+        path.write_bytes(b"".join(frames[2 * i : 2 * i + 2]))
+        pieces.append(str(path))
+    fn = tfrecords._ConcatenateShardFn(
+        str(tmp_path / "pretraining"), 1, compression, str(temp)
+    )
+    element = (0, [None, *reversed(pieces)])
+    (final,) = fn.process(element)
+    assert final.endswith(
+        "pretraining-00000-of-00001" + tfrecords.shard_suffix(compression)
+    )
+    assert tfrecords.count_records(final, compression) == 6
+    assert not any(os.path.exists(p) for p in pieces)
+    before = open(final, "rb").read()
+    assert list(fn.process(element)) == [final]  # the retry
+    assert open(final, "rb").read() == before
+    assert os.listdir(temp) == []  # no temporary shard left behind
+    os.remove(final)
+    with pytest.raises(Exception):
+        list(fn.process(element))
