@@ -40,6 +40,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from benchmarks import host  # noqa: E402
 from benchmarks.pretraining_data import timed  # noqa: E402
 
 SHARED = os.path.join(ROOT, "..", "shared", "data", "sentiment")
@@ -166,25 +167,6 @@ def long_reviews(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return reviews
 
 
-def machine() -> str:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    cpu = "unknown CPU"
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}, "
-        f"{cpu} x {os.cpu_count()}, load average {load}"
-    )
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model_dir", default="", help="default: fine-tune here")
@@ -206,7 +188,7 @@ def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.makedirs(args.out_dir, exist_ok=True)
     out = args.out_dir
-    print(f"machine: {machine()}", flush=True)
+    print(f"machine: {host.describe()}", flush=True)
 
     model_dir = args.model_dir or make_model(out)
     saved_model = export(model_dir, out)
@@ -283,7 +265,7 @@ def main():
     print(
         f"model: {model_dir} ({model_desc}), exported seq {summary['max_seq_length']}"
     )
-    print(f"machine: {machine()}")
+    print(f"machine: {host.describe()}")
     print()
     print("| run | sentences/s | vs tight loop | wall s | peak RSS |")
     print("| --- | ---: | ---: | ---: | ---: |")
@@ -334,7 +316,7 @@ def main():
                 f"| {mode} | {e['accuracy']:.4f} | {e['macro_f1']:.4f} | "
                 f"{windows} | {s['seconds']:.1f} |"
             )
-    print(f"\nmachine at the end: {machine()}")
+    print(f"\nmachine at the end: {host.describe()}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ the accelerator waits on. The machine is shared: compare within one run.
 """
 
 import argparse
-import datetime
 import json
 import os
 import shutil
@@ -221,26 +220,6 @@ def make_records(out_dir):
     return dirs
 
 
-def machine():
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    cpu = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"{date}, commit {commit}, {cpu}, load average {load}"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", default="", help="records dir (default: make)")
@@ -308,7 +287,10 @@ def main(argv=None):
             shutil.rmtree(temp, ignore_errors=True)
     base = results.get("tfdata")
     print()
-    print(f"{machine()}; one core (taskset -c {args.core}), batch {BATCH}, ")
+    sys.path.insert(0, REPO)
+    from benchmarks import host
+
+    print(f"{host.describe()}; one core (taskset -c {args.core}), batch {BATCH}, ")
     print(f"seq {SEQ}, {PRED} predictions, shuffle buffer {SHUFFLE}.")
     print()
     print(
