@@ -15,7 +15,7 @@ files instead and only small references are shuffled:
 2. The spills' document and token totals (a tiny global combine) fix the
    number of buckets, `ceil(documents / bucket_size)`, and how many
    consecutive buckets make a *group* (about `group_tokens` tokens).
-3. `PlanGroupsFn` reads each spill's index (16 bytes a document) and emits
+3. `plan_group_ranges` reads each spill's index (16 bytes a document) and emits
    `(group, (path, byte_lo, byte_hi))` for each group the spill holds: the
    file is in hash order and a group is a hash range, so that is one
    contiguous byte range.
@@ -270,15 +270,8 @@ class SumSpills(beam.CombineFn):
         return acc
 
 
-class PlanGroupsFn(beam.DoFn):
-    """`Spill` -> `(group, (path, byte_lo, byte_hi))` per group it holds;
-    the corpus totals `(documents, tokens)` come as a side input."""
-
-    def __init__(self, bucket_size: int, group_tokens: int = GROUP_TOKENS):
-        self._bucket_size = bucket_size
-        self._group_tokens = group_tokens
-
-    def process(self, spill, totals):
-        plan = make_plan(*totals, self._bucket_size, self._group_tokens)
-        for group, lo, hi in group_ranges(spill, plan):
-            yield group, (spill.path, lo, hi)
+def plan_group_ranges(spill: Spill, plan: Plan):
+    """`Spill` -> `(group, (path, byte_lo, byte_hi))` per group it holds
+    (a FlatMap with the corpus `Plan` as a side input)."""
+    for group, lo, hi in group_ranges(spill, plan):
+        yield group, (spill.path, lo, hi)

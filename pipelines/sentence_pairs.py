@@ -431,16 +431,10 @@ class _PairBucketFn(beam.DoFn):
 class _PairGroupFn(_PairBucketFn):
     """`(group, [(spill path, byte_lo, byte_hi), ...])` -> the
     `InstanceBatch`es of each bucket of the group, in bucket order; the
-    corpus totals `(documents, tokens)` come as a side input."""
+    corpus `buckets.Plan` comes as a side input."""
 
-    def __init__(self, bucket_size: int, group_tokens: int, **params):
-        super().__init__(**params)
-        self._bucket_size = bucket_size
-        self._group_tokens = group_tokens
-
-    def process(self, element, totals):
+    def process(self, element, plan):
         _, ranges = element
-        plan = buckets.make_plan(*totals, self._bucket_size, self._group_tokens)
         docs = []
         for path, lo, hi in sorted(ranges):
             docs.extend(buckets.read_documents(path, lo, hi))
@@ -530,22 +524,21 @@ class CreateSentencePairs(beam.PTransform):
             )
         )
         # Documents and ids in all fix the buckets and groups (a tiny
-        # global combine over one element per spill file).
-        totals = beam.pvalue.AsSingleton(
-            spills | "CountDocuments" >> beam.CombineGlobally(buckets.SumSpills())
+        # global combine over one element per spill file), computed once.
+        bucket_size, group_tokens = self._bucket_size, self._group_tokens
+        plan = beam.pvalue.AsSingleton(
+            spills
+            | "CountDocuments" >> beam.CombineGlobally(buckets.SumSpills())
+            | "PlanBuckets"
+            >> beam.Map(lambda t: buckets.make_plan(*t, bucket_size, group_tokens))
         )
         return (
             spills
-            | "PlanGroups"
-            >> beam.ParDo(
-                buckets.PlanGroupsFn(self._bucket_size, self._group_tokens), totals
-            )
+            | "PlanGroups" >> beam.FlatMap(buckets.plan_group_ranges, plan)
             | "GroupBuckets" >> beam.GroupByKey()
             | "PairSentences"
             >> beam.ParDo(
                 _PairGroupFn(
-                    bucket_size=self._bucket_size,
-                    group_tokens=self._group_tokens,
                     seed=self._seed,
                     dupe_factor=self._dupe_factor,
                     special_ids=self._special_ids,
@@ -553,6 +546,6 @@ class CreateSentencePairs(beam.PTransform):
                     short_seq_prob=self._short_seq_prob,
                     sentence_task=self._sentence_task,
                 ),
-                totals,
+                plan,
             )
         )
