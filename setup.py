@@ -13,7 +13,7 @@ REQUIRED = [
     "keras==3.15.1",
     "pyyaml>=6.0",
     "matplotlib>=3.7",
-    # CRC32C of TFRecord frames in the TF-free reader (configs/records.py);
+    # CRC32C of TFRecord frames in the TF-free reader (configs/crc32c.py);
     # also comes with apache-beam[gcp], named for JAX-only installs.
     "google-crc32c>=1.5",
 ]

@@ -165,12 +165,12 @@ def worker(name, directory, batches):
         return _rate(run)
     in_memory = _in_memory_batches(files)
     if name in ("decode_numpy", "decode_upb"):
-        from configs import records
+        from configs import example_batches
 
         decode = (
-            records.decode_pretraining_batch
+            example_batches.decode_pretraining_batch
             if name == "decode_numpy"
-            else records.decode_pretraining_batch_protobuf
+            else example_batches.decode_pretraining_batch_protobuf
         )
 
         def run():

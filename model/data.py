@@ -4,7 +4,7 @@ Feature names and lengths come from `configs.features`, the same table the
 Beam writer uses. Two readers give the same batches:
 
 - `numpy_pretraining_batches` (no TensorFlow; the JAX trainer): numpy
-  dicts from `configs.records` (TFRecord framing with CRC checks, gzip, a
+  dicts from `configs.records` (TFRecord framing with CRC checks, gzip) and `configs.example_batches` (a
   vectorized `tf.train.Example` decoder), read in a background thread.
 - `pretraining_dataset` (tf.data; the TensorFlow trainer): pipelines built
   per input pipeline from a `tf.distribute.InputContext`
@@ -29,7 +29,7 @@ import threading
 
 import numpy as np
 
-from configs import features, fileio, records
+from configs import example_batches, example_proto, features, fileio, records
 
 _SKIP_SUFFIXES = (".json", ".yaml", ".yml", ".txt", ".md", ".jsonl")
 # Interleave width (files read record by record at once), as tf.data's.
@@ -82,7 +82,7 @@ def read_record_lengths(path):
     first = records.read_first_record(path)
     if first is None:
         raise records.RecordError(path, "holds no records")
-    return records.pretraining_record_lengths(first, path)
+    return example_proto.pretraining_record_lengths(first, path)
 
 
 def first_record_lengths(files):
@@ -94,7 +94,7 @@ def first_record_lengths(files):
     for path in files:
         first = records.read_first_record(path)
         if first is not None:
-            return records.pretraining_record_lengths(first, path)
+            return example_proto.pretraining_record_lengths(first, path)
     raise _no_records(files)
 
 
@@ -159,7 +159,7 @@ def check_records(
         if first is None:
             continue
         nonempty += 1
-        seq, pred = records.pretraining_record_lengths(first, path)
+        seq, pred = example_proto.pretraining_record_lengths(first, path)
         if (seq, pred) != (max_seq_length, max_predictions_per_seq):
             raise records.RecordError(
                 path,
@@ -277,7 +277,7 @@ def numpy_pretraining_batches(
             batch = list(itertools.islice(stream, batch_size))
             if len(batch) < batch_size:
                 return  # drop_remainder
-            yield records.decode_pretraining_batch(
+            yield example_batches.decode_pretraining_batch(
                 batch, max_seq_length, max_predictions_per_seq, path=where
             )
 
@@ -406,7 +406,7 @@ def _record_stream(
             return iter(())
         # The first record's lengths, checked once per file opened, so that
         # records of other lengths are reported with their file's name.
-        got = records.pretraining_record_lengths(first[0], path)
+        got = example_proto.pretraining_record_lengths(first[0], path)
         if got != lengths:
             raise records.RecordError(
                 path,

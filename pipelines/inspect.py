@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from configs import features, fileio, metadata, records
+from configs import example_proto, features, fileio, metadata, records
 
 MAX_RECORDS = 100_000  # statistics read at most this many records
 
@@ -52,7 +52,7 @@ def read_instances(files: list[str], limit: int):
             limit -= 1
             yield {
                 name: np.asarray(values, np.float32 if kind == "float32" else np.int64)
-                for name, (kind, values) in records.parse_example(record).items()
+                for name, (kind, values) in example_proto.parse_example(record).items()
             }
 
 

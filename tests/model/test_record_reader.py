@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import features, records
+from configs import crc32c, example_batches, features, records
 from model import data, pretrain
 from pretraining_records import (
     TINY_PRED,
@@ -201,8 +201,8 @@ def test_numpy_decoder_reads_unpacked_lists_in_any_order():
     serialized = [
         encode_example(ex, packed=bool(i % 2), rng=rng) for i, ex in enumerate(examples)
     ]
-    batch = records.decode_pretraining_batch(serialized, TINY_SEQ, TINY_PRED)
-    reference = records.decode_pretraining_batch_protobuf(
+    batch = example_batches.decode_pretraining_batch(serialized, TINY_SEQ, TINY_PRED)
+    reference = example_batches.decode_pretraining_batch_protobuf(
         serialized, TINY_SEQ, TINY_PRED
     )
     for name in features.PRETRAINING_FEATURES:
@@ -220,7 +220,7 @@ def test_decoder_handles_large_and_negative_ids():
     example = make_examples(1)[0]
     example[features.INPUT_IDS][:4] = [127, 128, 16384, 2**31 - 1]
     example[features.MASKED_LM_IDS][:2] = [-1, 2**21]
-    batch = records.decode_pretraining_batch(
+    batch = example_batches.decode_pretraining_batch(
         [encode_example(example, packed=True)], TINY_SEQ, TINY_PRED
     )
     np.testing.assert_array_equal(
@@ -238,7 +238,7 @@ def test_numpy_crc32c_matches_google_crc32c():
         rng.bytes(int(n)) for n in rng.randint(0, 900, 50)
     ]
     want = [google_crc32c.value(b) for b in blobs]
-    assert records.crc32c_many(blobs).tolist() == want
+    assert crc32c.crc32c_many(blobs).tolist() == want
     assert want[3] == 0xE3069283  # the CRC-32C check value
 
 
@@ -323,7 +323,9 @@ def test_other_lengths_name_the_file(tmp_path):
 def test_decoder_names_the_length_that_differs():
     serialized = [encode_example(ex) for ex in make_examples(3, seq=24)]
     with pytest.raises(records.RecordError) as e:
-        records.decode_pretraining_batch(serialized, TINY_SEQ, TINY_PRED, path="f")
+        example_batches.decode_pretraining_batch(
+            serialized, TINY_SEQ, TINY_PRED, path="f"
+        )
     assert str(e.value) == (
         "f: not a pretraining record of this schema: record 0 of the batch: "
         "input_ids has 24 values, expected 32 (max_seq_length=32)"
@@ -366,7 +368,7 @@ def test_damaged_bytes_give_a_record_error_or_the_right_values():
             damaged[rng.randint(len(damaged))] = rng.randint(256)
         batch[i] = bytes(damaged)
         try:
-            got = records.decode_pretraining_batch(batch, TINY_SEQ, TINY_PRED)
+            got = example_batches.decode_pretraining_batch(batch, TINY_SEQ, TINY_PRED)
         except records.RecordError:
             outcomes.add("error")
             continue
@@ -387,7 +389,9 @@ def test_not_an_example_is_an_error(tmp_path):
         data.check_records([path], TINY_SEQ, TINY_PRED)
     assert str(e.value).startswith(path)
     with pytest.raises(records.RecordError, match="not a pretraining record"):
-        records.decode_pretraining_batch([b"\x0a\x05hello"], TINY_SEQ, TINY_PRED)
+        example_batches.decode_pretraining_batch(
+            [b"\x0a\x05hello"], TINY_SEQ, TINY_PRED
+        )
 
 
 # === model.pretrain refuses before building anything ===
