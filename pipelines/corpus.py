@@ -41,6 +41,8 @@ from apache_beam.io.filesystem import CompressedFile, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from pipelines.errors import input_error
+
 # === Counters (namespace = the transform's class name) ===
 NAMESPACE = "ReadDocuments"
 DOCUMENTS_READ = "documents-read"
@@ -184,8 +186,6 @@ class DocumentSource(filebasedsource.FileBasedSource):
         except (EOFError, OSError, zlib.error, lzma.LZMAError) as e:
             # A cut or damaged compressed file: the rest of it would be lost
             # without a trace, so the job stops and names the file.
-            from pipelines.options import input_error
-
             raise input_error(
                 f"input {file_name} cannot be read to its end, truncated or "
                 f"corrupt? ({type(e).__name__}: {e})"

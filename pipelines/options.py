@@ -25,39 +25,10 @@ from configs import features
 from configs.schema import ConfigError, DataConfig
 from pipelines import corpus, tfrecords
 
+# The jobs raise these as options.UsageError / options.JobFailed.
+from pipelines.errors import _FAILED_MARK, JobFailed, UsageError, _failure_line
+
 DEFAULT_NUM_SHARDS = 16
-
-
-class UsageError(ConfigError):
-    """A bad flag or argument: reported as one line before any work (exit 2).
-
-    A `ConfigError`, so callers that catch config problems catch it too.
-    """
-
-
-class JobFailed(Exception):
-    """The job ran but its output must not be used (exit 1): it produced
-    nothing, or an input was truncated or corrupt. One line, no traceback."""
-
-
-# Marks the first line of a `JobFailed` raised inside a pipeline, so `main`
-# finds it again in the exception a runner wraps it in.
-_FAILED_MARK = "[job-failed] "
-
-
-def input_error(message: str) -> JobFailed:
-    """A `JobFailed` to raise inside a DoFn/source; `main` reports its line."""
-    return JobFailed(_FAILED_MARK + message)
-
-
-def _failure_line(error: BaseException) -> str | None:
-    """The one line of a `JobFailed` raised in a worker, or None."""
-    for text in (str(error), repr(error)):
-        at = text.find(_FAILED_MARK)
-        if at >= 0:
-            line = text[at + len(_FAILED_MARK) :].splitlines()[0]
-            return line.split(" [while running", 1)[0].rstrip("\\'\" ")
-    return None
 
 
 def main(run, argv=None):

@@ -18,7 +18,14 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from configs import labelled_text
+from configs.metrics import classification_metrics
 from pipelines import batch_predict as bp
+from pipelines import (
+    evaluate_predictions,
+    prediction_rows,
+    saved_model_handler,
+    score_texts,
+)
 from pipelines import options
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
@@ -104,7 +111,7 @@ def _dead_letters(out):
 
 # === Pure functions ===
 def _check_spans(word_starts, max_pieces, stride):
-    spans = bp.window_spans(word_starts, max_pieces, stride)
+    spans = saved_model_handler.window_spans(word_starts, max_pieces, stride)
     n = len(word_starts)
     assert spans[0][0] == 0 and spans[-1][1] == n
     covered = set()
@@ -119,8 +126,8 @@ def _check_spans(word_starts, max_pieces, stride):
 
 
 def test_window_spans_short_text_is_one_window():
-    assert bp.window_spans([True] * 5, 8, 4) == [(0, 5)]
-    assert bp.window_spans([], 8, 4) == [(0, 0)]
+    assert saved_model_handler.window_spans([True] * 5, 8, 4) == [(0, 5)]
+    assert saved_model_handler.window_spans([], 8, 4) == [(0, 0)]
 
 
 def test_window_spans_cut_at_word_boundaries():
@@ -175,7 +182,7 @@ def test_parse_record_keeps_fields_in_order():
 
 
 def test_format_prediction_renames_clashing_fields():
-    out = bp.format_prediction(
+    out = score_texts.format_prediction(
         {"sentence": "s", "label": "1", "probabilities": "x"},
         1,
         np.array([0.25, 0.75], np.float32),
@@ -193,13 +200,15 @@ def test_format_prediction_renames_clashing_fields():
     ]
     assert out["label_name"] == "positive" and out["probabilities"] == [0.25, 0.75]
     assert (
-        bp.format_prediction({"t": "s"}, 0, [1.0, 0.0], ["a", "b"], [])["label_name"]
+        score_texts.format_prediction({"t": "s"}, 0, [1.0, 0.0], ["a", "b"], [])[
+            "label_name"
+        ]
         is None
     )
 
 
 def test_metrics_per_class_by_hand():
-    m = bp.classification_metrics([[3, 1], [2, 4]], ["neg", "pos"], ["N", "P"])
+    m = classification_metrics([[3, 1], [2, 4]], ["neg", "pos"], ["N", "P"])
     assert m["accuracy"] == 0.7
     assert m["per_class"]["neg"] == {
         "name": "N",
@@ -220,7 +229,9 @@ def test_evaluate_predictions_combiner():
         metrics = (
             p
             | beam.Create(elements, reshuffle=True)
-            | bp.EvaluatePredictions(labels=["0", "1"], label_names=["n", "p"])
+            | evaluate_predictions.EvaluatePredictions(
+                labels=["0", "1"], label_names=["n", "p"]
+            )
         )
 
         def check(results):
@@ -230,7 +241,7 @@ def test_evaluate_predictions_combiner():
             assert m["unknown_labels"] == {"neutral": 30}
             assert m["rows_with_unknown_label"] == 30
             assert [e["text"] for e in m["unknown_label_examples"]] == [
-                f"text {i:02d}" for i in range(bp._UNKNOWN_EXAMPLES)
+                f"text {i:02d}" for i in range(evaluate_predictions._UNKNOWN_EXAMPLES)
             ]
 
         assert_that(metrics, check)
@@ -250,7 +261,7 @@ def test_parse_rows_transform_and_counters():
     parsed = (
         p
         | beam.Create(lines)
-        | bp.ParseRows(
+        | prediction_rows.ParseRows(
             fmt="tsv",
             columns=["sentence", "label"],
             text_column="sentence",
@@ -270,7 +281,7 @@ def test_parse_rows_transform_and_counters():
                 (labelled_text.BAD_UNDECODABLE, "f.tsv"),
                 (labelled_text.BAD_COLUMNS, "f.tsv"),
                 (labelled_text.BAD_MISSING_LABEL, "f.tsv"),
-                (bp.BAD_TOO_LONG, "f.tsv"),
+                (prediction_rows.BAD_TOO_LONG, "f.tsv"),
             ]
         ),
         label="Bad",
@@ -280,17 +291,20 @@ def test_parse_rows_transform_and_counters():
     counters = {
         c.key.metric.name: c.committed
         for c in result.metrics().query(MetricsFilter())["counters"]
-        if c.key.metric.namespace == bp.PARSE_NAMESPACE
+        if c.key.metric.namespace == prediction_rows.PARSE_NAMESPACE
     }
-    assert counters[bp.ROWS_READ] == 7 and counters[bp.ROWS_BLANK] == 2
-    assert counters[bp.BAD_TOO_LONG] == 1
+    assert (
+        counters[prediction_rows.ROWS_READ] == 7
+        and counters[prediction_rows.ROWS_BLANK] == 2
+    )
+    assert counters[prediction_rows.BAD_TOO_LONG] == 1
 
 
 # === The handler ===
 def test_handler_scores_like_serving_default(model):
     import tensorflow as tf
 
-    handler = bp.SavedModelTextHandler(
+    handler = saved_model_handler.SavedModelTextHandler(
         model["serving"], min_batch_size=1, max_batch_size=2
     )
     loaded = handler.load_model()
@@ -314,7 +328,9 @@ def test_handler_scores_like_serving_default(model):
 
 
 def test_handler_average_scores_windows(model):
-    handler = bp.SavedModelTextHandler(model["serving"], long_text="average")
+    handler = saved_model_handler.SavedModelTextHandler(
+        model["serving"], long_text="average"
+    )
     loaded = handler.load_model()
     (windows,) = loaded.windows([LONG], stride=loaded.max_pieces // 2)
     other = "Ünïcode CAFÉ " + LONG.upper()
@@ -324,7 +340,7 @@ def test_handler_average_scores_windows(model):
     assert len(windows) > 2 and all(w in LONG for w in windows)
     assert max(loaded.lengths(windows)) <= loaded.max_pieces
     short, long_ = handler.run_inference(["good film", LONG], loaded)
-    truncating = bp.SavedModelTextHandler(model["serving"])
+    truncating = saved_model_handler.SavedModelTextHandler(model["serving"])
     short_t, long_t = truncating.run_inference(["good film", LONG], loaded)
     np.testing.assert_allclose(
         short.inference["probabilities"], short_t.inference["probabilities"], atol=1e-6
@@ -348,7 +364,7 @@ def test_job_scores_evaluates_and_keeps_bad_rows(model, tmp_path):
         b"extra\tfields\there\n",
         b"\t1\n",
         b"no label here\t\n",
-        b"x" * (bp.DEFAULT_MAX_LINE_BYTES + 1) + b"\t1\n",
+        b"x" * (prediction_rows.DEFAULT_MAX_LINE_BYTES + 1) + b"\t1\n",
     ]
     data.write_bytes(
         dev.encode()
@@ -367,7 +383,8 @@ def test_job_scores_evaluates_and_keeps_bad_rows(model, tmp_path):
     predictions = _predictions(out)
     assert len(predictions) == len(DEV) + 2
     assert all(
-        list(r) == ["sentence", "input_label", *bp.OUTPUT_FIELDS] for r in predictions
+        list(r) == ["sentence", "input_label", *score_texts.OUTPUT_FIELDS]
+        for r in predictions
     )
     assert sorted(r["sentence"] for r in predictions) == sorted(
         [t for t, _ in DEV] + ["a neutral film", LONG]
@@ -379,7 +396,7 @@ def test_job_scores_evaluates_and_keeps_bad_rows(model, tmp_path):
             labelled_text.BAD_COLUMNS,
             labelled_text.BAD_MISSING_TEXT,
             labelled_text.BAD_MISSING_LABEL,
-            bp.BAD_TOO_LONG,
+            prediction_rows.BAD_TOO_LONG,
         ]
     )
     assert all(d["file"].endswith("rows.tsv") for d in dead)
@@ -406,8 +423,8 @@ def test_job_jsonl_gz_text_and_gzip_output(model, tmp_path):
     summary = bp.run(_argv(model, jsonl, out, "--compression=gzip"))
     assert (summary["rows_read"], summary["rows_predicted"]) == (4, 2)
     assert [list(r) for r in sorted(_predictions(out), key=lambda r: r["id"])] == [
-        ["id", "text", *bp.OUTPUT_FIELDS],
-        ["id", "text", "input_label", *bp.OUTPUT_FIELDS],
+        ["id", "text", *score_texts.OUTPUT_FIELDS],
+        ["id", "text", "input_label", *score_texts.OUTPUT_FIELDS],
     ]
     assert all(n.endswith(".jsonl.gz") for n in summary["shards"])
     text = tmp_path / "a.txt"
@@ -519,7 +536,7 @@ def test_dataflow_dry_run_builds_the_job(model, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-class _CountingHandler(bp.SavedModelTextHandler):
+class _CountingHandler(saved_model_handler.SavedModelTextHandler):
     loads = 0
 
     def load_model(self):
@@ -539,7 +556,9 @@ def test_model_loaded_once_for_all_threads(model):
         scored = (
             p
             | beam.Create([(t, t) for t in texts], reshuffle=True)
-            | bp.ScoreTexts(_CountingHandler(model["serving"], min_batch_size=1))
+            | score_texts.ScoreTexts(
+                _CountingHandler(model["serving"], min_batch_size=1)
+            )
             | beam.Map(lambda kv: kv[0])
         )
         assert_that(scored, equal_to(texts))
