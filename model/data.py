@@ -4,8 +4,9 @@ Feature names and lengths come from `configs.features`, the same table the
 Beam writer uses. Two readers give the same batches:
 
 - `numpy_pretraining_batches` (no TensorFlow; the JAX trainer): numpy
-  dicts from `configs.records` (TFRecord framing with CRC checks, gzip) and `configs.example_batches` (a
-  vectorized `tf.train.Example` decoder), read in a background thread.
+  dicts from `configs.records` (TFRecord framing with CRC checks, gzip)
+  and `configs.example_batches` (a vectorized `tf.train.Example`
+  decoder), read in a background thread.
 - `pretraining_dataset` (tf.data; the TensorFlow trainer): pipelines built
   per input pipeline from a `tf.distribute.InputContext`
   (`strategy.distribute_datasets_from_function`).
