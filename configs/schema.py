@@ -65,6 +65,12 @@ class DataConfig:
         _check(self.bucket_size >= 2, "bucket_size must be at least 2")
 
 
+# Values of `FinetuneConfig.pooling` once resolved.
+POOLINGS = ("cls", "mean")
+# Values of `ModelConfig.activation`.
+ACTIVATIONS = ("gelu", "gelu_approximate", "relu")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Encoder sizes (defaults: BERT-Base)."""
@@ -78,6 +84,11 @@ class ModelConfig:
     num_segments: int = 2  # token type vocabulary
     dropout: float = 0.1  # 0.0 makes runs bit-reproducible
     initializer_range: float = 0.02  # stddev of truncated-normal init
+    # Feed-forward (and MLM transform) activation: gelu = exact erf GELU
+    # (BERT's), gelu_approximate = the tanh form (Hugging Face's gelu_new /
+    # gelu_pytorch_tanh), relu. An imported checkpoint sets it from its config.
+    activation: str = "gelu"
+    layer_norm_epsilon: float = 1e-12  # of every LayerNorm
 
     def validate(self) -> None:
         _check(self.num_layers >= 1, "num_layers must be at least 1")
@@ -87,6 +98,11 @@ class ModelConfig:
         )
         _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
         _check(self.vocabulary_size >= 8, "vocabulary_size must be >= 8")
+        _check(
+            self.activation in ACTIVATIONS,
+            f"model.activation must be one of {'|'.join(ACTIVATIONS)}",
+        )
+        _check(self.layer_norm_epsilon > 0, "layer_norm_epsilon must be > 0")
 
 
 @dataclass(frozen=True)
@@ -157,6 +173,12 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     max_seq_length: int = 128  # tokens incl. [CLS]/[SEP]
     dropout: float = 0.1  # before the classification layer
+    # What the classification layer reads: cls = BERT's pooler (dense + tanh
+    # on [CLS]); mean = the mean of the last layer over real tokens (what
+    # sentence-transformers checkpoints were trained for; their pooler is
+    # untrained). auto = the checkpoint's own (its 1_Pooling/config.json),
+    # else cls. Recorded resolved, and baked into the SavedModel.
+    pooling: str = "auto"  # auto | cls | mean
     labels: tuple = ()  # label values as strings; empty = learn from train
     text_column: str = "sentence"
     text_b_column: str = ""  # set for sentence-pair tasks
@@ -179,6 +201,10 @@ class FinetuneConfig:
         _check(self.max_seq_length >= 8, "max_seq_length must be at least 8")
         _check(self.seeds >= 1, "seeds must be at least 1")
         _check(self.max_steps >= 0, "max_steps must be >= 0")
+        _check(
+            self.pooling in ("auto",) + POOLINGS,
+            "finetune.pooling: auto|cls|mean",
+        )
         _check(
             self.precision in ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
             "finetune.precision: auto|float32|mixed_bfloat16|mixed_float16",

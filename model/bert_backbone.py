@@ -12,6 +12,35 @@ from model.transformer_encoder import TransformerEncoder
 ENCODER_WEIGHTS_FILE = "encoder.weights.h5"
 
 
+@keras.saving.register_keras_serializable(package="bert")
+def gelu_approximate(x):
+    """GELU's tanh form, `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`:
+    Hugging Face's `gelu_new` / `gelu_pytorch_tanh` (and keras-hub's)."""
+    return keras.activations.gelu(x, approximate=True)
+
+
+@keras.saving.register_keras_serializable(package="bert")
+def gelu_exact(x):
+    """GELU's exact form, `x Phi(x)` with the erf (BERT's, HF's `gelu`)."""
+    return keras.activations.gelu(x, approximate=False)
+
+
+_ACTIVATION_FNS = {
+    "gelu": gelu_exact,
+    "gelu_approximate": gelu_approximate,
+    "relu": keras.activations.relu,
+}
+
+
+def get_activation(name):
+    """`ModelConfig.activation` name -> the function (see `ACTIVATIONS`)."""
+    if name not in _ACTIVATION_FNS:
+        raise ValueError(
+            f"activation {name!r}: expected one of {'|'.join(_ACTIVATION_FNS)}"
+        )
+    return _ACTIVATION_FNS[name]
+
+
 def bert_kernel_initializer(stddev=0.02):
     """BERT's init: truncated normal with `stddev` (initializer_range)."""
     return keras.initializers.TruncatedNormal(stddev=stddev)
@@ -44,6 +73,9 @@ class BertBackbone(keras.Model):
         max_sequence_length: int. Rows of the position embedding.
         num_segments: int. Rows of the segment (token type) embedding.
         initializer_range: float. Stddev of the truncated-normal init.
+        activation: str. Feed-forward activation: "gelu" (exact erf, BERT's),
+            "gelu_approximate" (tanh form) or "relu" (`ACTIVATIONS`).
+        layer_norm_epsilon: float. Epsilon of every LayerNorm.
         dtype: None, str or `keras.DTypePolicy`, e.g. `"mixed_bfloat16"`.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
@@ -76,9 +108,12 @@ class BertBackbone(keras.Model):
         max_sequence_length=512,
         num_segments=2,
         initializer_range=0.02,
+        activation="gelu",
+        layer_norm_epsilon=1e-12,
         dtype=None,
         **kwargs,
     ):
+        activation_fn = get_activation(activation)
         # === Layers ===
         init = lambda: bert_kernel_initializer(initializer_range)  # noqa: E731
         self.token_embedding = keras.layers.Embedding(
@@ -103,7 +138,7 @@ class BertBackbone(keras.Model):
         )
         self.embeddings_add = keras.layers.Add(dtype=dtype, name="embeddings_add")
         self.embeddings_layer_norm = keras.layers.LayerNormalization(
-            epsilon=1e-12, dtype=dtype, name="embeddings_layer_norm"
+            epsilon=layer_norm_epsilon, dtype=dtype, name="embeddings_layer_norm"
         )
         self.embeddings_dropout = keras.layers.Dropout(
             dropout, dtype=dtype, name="embeddings_dropout"
@@ -113,8 +148,8 @@ class BertBackbone(keras.Model):
                 num_heads=num_heads,
                 intermediate_dim=intermediate_dim,
                 dropout=dropout,
-                activation="gelu",
-                layer_norm_epsilon=1e-12,
+                activation=activation_fn,
+                layer_norm_epsilon=layer_norm_epsilon,
                 kernel_initializer=init(),
                 dtype=dtype,
                 name=f"transformer_layer_{i}",
@@ -179,6 +214,8 @@ class BertBackbone(keras.Model):
         self.max_sequence_length = max_sequence_length
         self.num_segments = num_segments
         self.initializer_range = initializer_range
+        self.activation = activation
+        self.layer_norm_epsilon = layer_norm_epsilon
 
     def get_config(self):
         return {
@@ -191,6 +228,8 @@ class BertBackbone(keras.Model):
             "max_sequence_length": self.max_sequence_length,
             "num_segments": self.num_segments,
             "initializer_range": self.initializer_range,
+            "activation": self.activation,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
             "name": self.name,
             "trainable": self.trainable,
@@ -216,65 +255,47 @@ class BertBackbone(keras.Model):
             max_sequence_length=model_cfg.max_sequence_length,
             num_segments=model_cfg.num_segments,
             initializer_range=model_cfg.initializer_range,
+            activation=model_cfg.activation,
+            layer_norm_epsilon=model_cfg.layer_norm_epsilon,
             dtype=dtype,
             **kwargs,
         )
 
 
-def load_pretrained_backbone(path, model_cfg=None, dtype=None, dropout=None):
+def load_pretrained_backbone(
+    path, model_cfg=None, dtype=None, dropout=None, checkpoint=None
+):
     """Returns a `BertBackbone` with pretrained weights from `path`.
 
     Args:
-        path: either a pretraining `model_dir` of ours (holding
-            `config.yaml` and `encoder.weights.h5`), or a Google TF1 BERT
-            checkpoint prefix such as `.../bert_model.ckpt` (detected by its
-            `bert/embeddings/word_embeddings` variable).
-        model_cfg: `ModelConfig` for the architecture. Optional for our
-            model_dirs (read from `config.yaml`); required for TF1
-            checkpoints (Google ships `bert_config.json`; pass its sizes).
+        path: any format `model.checkpoints.inspect` reads: our pretraining
+            or fine-tuning `model_dir` (`config.yaml` + `encoder.weights.h5`
+            or `best.weights.h5`), a Hugging Face BERT directory
+            (`config.json` + `model.safetensors`, sharded or not), or a
+            Google TF1 BERT checkpoint prefix such as `.../bert_model.ckpt`.
+        model_cfg: `ModelConfig` for the architecture. Optional: read from
+            `config.yaml` / `config.json` / the TF1 shapes.
         dtype: dtype policy of the new backbone.
         dropout: override the config's dropout (e.g. for fine-tuning).
+        checkpoint: a `model.checkpoints.Checkpoint` already inspected.
 
     Raises:
-        ValueError: `path` is neither kind, or shapes disagree.
+        ConfigError: `path` is no checkpoint, or shapes disagree (one line).
     """
     import dataclasses
 
-    from model import checkpoint_conversion
+    from model import checkpoints
 
-    if checkpoint_conversion.is_google_checkpoint(path):
-        if model_cfg is None:
-            model_cfg = checkpoint_conversion.model_config_from_checkpoint(path)
-        if dropout is not None:
-            model_cfg = dataclasses.replace(model_cfg, dropout=dropout)
-        backbone = BertBackbone.from_model_config(model_cfg, dtype=dtype)
-        checkpoint_conversion.load_google_checkpoint(backbone, path)
-        return backbone
-    weights = os.path.join(path, ENCODER_WEIGHTS_FILE)
-    if not os.path.exists(weights) and "://" not in path:
-        raise ValueError(
-            f"{path} is neither a pretraining model_dir with "
-            f"{ENCODER_WEIGHTS_FILE} nor a Google BERT checkpoint prefix"
-        )
+    ckpt = checkpoint or checkpoints.inspect(path)
+    if model_cfg is None:
+        model_cfg = ckpt.model_config
     if model_cfg is None:
         from configs.loader import load_resolved
 
-        model_cfg = load_resolved(path).model
+        model_cfg = load_resolved(ckpt.path).model
     if dropout is not None:
         model_cfg = dataclasses.replace(model_cfg, dropout=dropout)
     backbone = BertBackbone.from_model_config(model_cfg, dtype=dtype)
-    backbone.load_weights(_local_copy(weights))
+    for note in checkpoints.load_backbone(ckpt, backbone):
+        print(f"note: {note}", flush=True)
     return backbone
-
-
-def _local_copy(path):
-    """h5 files load from local disk only; copies gs:// files to a temp dir."""
-    if "://" not in path:
-        return path
-    import tempfile
-
-    import tensorflow as tf
-
-    local = os.path.join(tempfile.mkdtemp(), os.path.basename(path))
-    tf.io.gfile.copy(path, local)
-    return local

@@ -1,6 +1,7 @@
 """Sentence (pair) classification task: backbone + dropout + dense."""
 
 import keras
+from keras import ops
 
 from configs import features
 from model.bert_backbone import bert_kernel_initializer
@@ -16,13 +17,18 @@ class BertClassifier(keras.Model):
     (`input_ids`, `input_mask`, `segment_ids`). Output: float32 logits
     `[batch, num_classes]` (unnormalized; softmax gives probabilities).
     As google-research/bert's `run_classifier.py`: dropout, then one dense
-    layer on the pooled `[CLS]` vector (dense + tanh inside the backbone).
+    layer on the pooled `[CLS]` vector (dense + tanh inside the backbone),
+    or with `pooling="mean"` on the mean of `sequence_output` over the real
+    tokens (`input_mask` 1), as sentence-transformers models are trained
+    (`sum(h * mask) / max(sum(mask), 1e-9)`); the backbone's pooler is then
+    unused.
 
     Args:
         backbone: a `BertBackbone` instance (composition: never rebuilt;
             pretrained weights stay in it).
         num_classes: int. Number of labels.
         dropout: float. Dropout on the pooled output before the dense layer.
+        pooling: "cls" (the backbone's pooled output) or "mean".
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -39,7 +45,9 @@ class BertClassifier(keras.Model):
      - keras-hub `keras_hub/src/models/bert/bert_text_classifier.py`
     """
 
-    def __init__(self, backbone, num_classes, dropout=0.1, **kwargs):
+    def __init__(self, backbone, num_classes, dropout=0.1, pooling="cls", **kwargs):
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         # === Layers ===
         self.backbone = backbone
         self.output_dropout = keras.layers.Dropout(
@@ -58,7 +66,11 @@ class BertClassifier(keras.Model):
             k: backbone.input[k]
             for k in (features.INPUT_IDS, features.INPUT_MASK, features.SEGMENT_IDS)
         }
-        pooled = backbone(inputs)["pooled_output"]
+        encoded = backbone(inputs)
+        if pooling == "cls":
+            pooled = encoded["pooled_output"]
+        else:
+            pooled = mean_pool(encoded["sequence_output"], inputs[features.INPUT_MASK])
         x = self.output_dropout(pooled)
         outputs = self.output_dense(x)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
@@ -66,12 +78,14 @@ class BertClassifier(keras.Model):
         # === Config ===
         self.num_classes = num_classes
         self.dropout = dropout
+        self.pooling = pooling
 
     def get_config(self):
         return {
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "num_classes": self.num_classes,
             "dropout": self.dropout,
+            "pooling": self.pooling,
             "name": self.name,
             "trainable": self.trainable,
         }
@@ -81,3 +95,15 @@ class BertClassifier(keras.Model):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
+
+
+def mean_pool(sequence_output, input_mask):
+    """Mean over real tokens: float `[b, t, h]`, int `[b, t]` -> `[b, h]`.
+
+    Summed in float32 (a bf16 sum over 128 tokens loses digits), returned
+    in the input's dtype.
+    """
+    mask = ops.cast(input_mask, "float32")[:, :, None]
+    total = ops.sum(ops.cast(sequence_output, "float32") * mask, axis=1)
+    count = ops.maximum(ops.sum(mask, axis=1), 1e-9)
+    return ops.cast(total / count, sequence_output.dtype)

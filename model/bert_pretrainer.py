@@ -9,7 +9,7 @@ from keras import ops
 
 from configs import features
 from model import fused_ops
-from model.bert_backbone import bert_kernel_initializer
+from model.bert_backbone import bert_kernel_initializer, get_activation
 from model.heads import MaskedLMHead, SentencePredictionHead
 
 MLM_LOGITS = "mlm_logits"
@@ -64,8 +64,9 @@ class BertPretrainer(keras.Model):
         self.mlm_head = MaskedLMHead(
             vocabulary_size=backbone.vocabulary_size,
             token_embedding=backbone.token_embedding,
-            activation="gelu",
-            layer_norm_epsilon=1e-12,
+            # As BERT's MLM transform: the encoder's activation and epsilon.
+            activation=get_activation(getattr(backbone, "activation", "gelu")),
+            layer_norm_epsilon=getattr(backbone, "layer_norm_epsilon", 1e-12),
             kernel_initializer=init,
             dtype=backbone.dtype_policy,
             name="mlm_head",

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from model.bert_backbone import BertBackbone, load_pretrained_backbone
 from model.bert_pretrainer import BertPretrainer
-from model.checkpoint_conversion import (
+from model.checkpoints.tf1 import (
     is_google_checkpoint,
     load_google_checkpoint,
     model_config_from_checkpoint,
