@@ -12,10 +12,16 @@ from `pipelines.classification_data` (its metadata.json is checked against
 the model before any work).
 
 `--init_checkpoint` takes our pretraining `model_dir` (its `config.yaml`
-gives the model sizes and casing, its `encoder.weights.h5` the weights) or
-a Google TF1 checkpoint (prefix, or the directory holding it and
-`vocab.txt`). Without it the encoder starts from random weights, and the
-run says so.
+gives the model sizes and casing, its `encoder.weights.h5` the weights), a
+fine-tuning `model_dir` (its encoder; the classification layer is new), a
+Hugging Face BERT directory (`config.json` + `model.safetensors`, sizes,
+activation and casing from its config; its `vocab.txt` or `tokenizer.json`)
+or a Google TF1 checkpoint (prefix, or the directory holding it and
+`vocab.txt`); see `model.checkpoints`. Without it the encoder starts from
+random weights, and the run says so. A `--vocab` that is not the
+checkpoint's own vocabulary (compared token by token) is refused.
+`finetune.pooling: auto` takes a sentence-transformers checkpoint's mean
+pooling from its `1_Pooling/config.json`, else BERT's `cls`.
 
 Recipe (google-research/bert `run_classifier.py`): dropout + dense on the
 pooled `[CLS]` vector, AdamW with linear warm-up (`warmup_proportion` of
@@ -130,39 +136,63 @@ def _parse_flags(argv):
 class _Init:
     """Where the encoder comes from."""
 
-    kind: str  # "random", "ours" or "google"
+    kind: str  # "random", "ours", "google" or "huggingface"
     path: str = ""
     vocab: str = ""  # vocab file found beside the checkpoint
+    checkpoint: object = None  # the `model.checkpoints.Checkpoint`
+
+
+_INIT_KINDS = {
+    "pretraining": "ours",
+    "finetuned": "ours",
+    "tf1": "google",
+    "huggingface": "huggingface",
+}
 
 
 def _resolve_init(path: str) -> _Init:
+    """`--init_checkpoint` -> `_Init`; every format `model.checkpoints`
+    reads (one line, exit 2, for anything else: a data directory, another
+    architecture, a damaged file)."""
     if not path:
         return _Init("random")
-    if fileio.exists(fileio.join(path, RESOLVED_CONFIG_FILE)):
-        return _Init("ours", path, _first_existing(path, VOCAB_FILE))
-    import tensorflow as tf
+    from model import checkpoints
 
-    from model import checkpoint_conversion
-
-    prefix = path
-    if fileio.isdir(path):
-        prefix = tf.train.latest_checkpoint(path) or ""
-        if not prefix:
-            index = fileio.glob(fileio.join(path, "*.ckpt.index"))
-            prefix = index[0][: -len(".index")] if index else ""
-    if prefix and checkpoint_conversion.is_google_checkpoint(prefix):
-        return _Init(
-            "google", prefix, _first_existing(os.path.dirname(prefix), VOCAB_FILE)
-        )
-    raise ConfigError(
-        f"--init_checkpoint {path} is neither a pretraining model_dir "
-        f"(with {RESOLVED_CONFIG_FILE}) nor a Google BERT checkpoint"
-    )
+    ckpt = checkpoints.inspect(path)
+    return _Init(_INIT_KINDS[ckpt.kind], ckpt.path, ckpt.vocab_path, ckpt)
 
 
-def _first_existing(directory, name):
-    path = fileio.join(directory, name)
-    return path if fileio.exists(path) else ""
+def _checkpoint_vocab_file(init):
+    """A vocab.txt for a checkpoint whose tokens come from tokenizer.json
+    alone: written to a temporary directory (the run copies it into
+    `model_dir` once the checks have passed)."""
+    ckpt = init.checkpoint
+    if ckpt is None or init.vocab or not ckpt.vocab:
+        return init.vocab
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(prefix="vocab-"), VOCAB_FILE)
+    fileio.write_atomic(path, "\n".join(ckpt.vocab) + "\n")
+    ckpt.vocab_path = path
+    return path
+
+
+def _resolve_pooling(cfg, init):
+    """`finetune.pooling: auto` -> the checkpoint's (sentence-transformers'
+    1_Pooling says mean), else BERT's cls."""
+    pooling = cfg.finetune.pooling
+    source = "finetune.pooling"
+    if pooling == "auto":
+        ckpt = init.checkpoint
+        pooling, source = "cls", "BERT's default"
+        if ckpt is not None and ckpt.pooling:
+            pooling, source = ckpt.pooling, f"{ckpt.path}'s 1_Pooling/config.json"
+        elif init.kind == "ours":
+            recorded = load_resolved(init.path).finetune.pooling
+            if recorded != "auto" and ckpt.kind == "finetuned":
+                pooling, source = recorded, f"{init.path}/config.yaml"
+    print(f"pooling: {pooling} ({source})")
+    return cfg.replace(finetune=dataclasses.replace(cfg.finetune, pooling=pooling))
 
 
 def resolve_config(args, overrides):
@@ -175,13 +205,19 @@ def resolve_config(args, overrides):
         # The data section (casing, vocabulary) describes the same records.
         cfg = cfg.replace(model=ckpt.model, data=ckpt.data)
         print(f"model config from {fileio.join(init.path, RESOLVED_CONFIG_FILE)}")
-    elif init.kind == "google":
-        from model import checkpoint_conversion
-
-        cfg = cfg.replace(
-            model=checkpoint_conversion.model_config_from_checkpoint(init.path)
-        )
-    vocab_path = args.vocab or init.vocab or cfg.data.vocab_file
+    elif init.kind in ("google", "huggingface"):
+        ckpt = init.checkpoint
+        cfg = cfg.replace(model=ckpt.model_config)
+        if ckpt.do_lower_case is not None:
+            cfg = cfg.replace(
+                data=dataclasses.replace(cfg.data, do_lower_case=ckpt.do_lower_case)
+            )
+        print(f"model config from {ckpt.description}")
+    if init.kind != "random":
+        cfg = _resolve_pooling(cfg, init)
+    vocab_path = (
+        args.vocab or _checkpoint_vocab_file(init) or cfg.data.vocab_file
+    )
     if init.kind == "ours" and not args.vocab and not init.vocab and vocab_path:
         if not os.path.isabs(vocab_path) and not fileio.is_remote(vocab_path):
             beside = fileio.join(init.path, vocab_path)
@@ -194,6 +230,10 @@ def resolve_config(args, overrides):
         raise ConfigError(f"vocabulary {vocab_path} does not exist")
     vocab = features.read_vocab(vocab_path)
     features.special_token_ids(vocab)
+    if args.vocab and init.checkpoint is not None:
+        from model import checkpoints
+
+        checkpoints.check_vocab(init.checkpoint, vocab, vocab_path)
     if init.kind == "random" and cfg.model.vocabulary_size != len(vocab):
         # A fresh encoder gets exactly one embedding row per vocabulary token.
         cfg = cfg.replace(
@@ -373,8 +413,13 @@ def build_classifier(cfg, init, num_classes, dtype=None):
     if init.kind == "random":
         backbone = BertBackbone.from_model_config(cfg.model, dtype=dtype)
     else:
-        backbone = load_pretrained_backbone(init.path, model_cfg=cfg.model, dtype=dtype)
-    return BertClassifier(backbone, num_classes, dropout=cfg.finetune.dropout)
+        backbone = load_pretrained_backbone(
+            init.path, model_cfg=cfg.model, dtype=dtype, checkpoint=init.checkpoint
+        )
+    pooling = cfg.finetune.pooling if cfg.finetune.pooling != "auto" else "cls"
+    return BertClassifier(
+        backbone, num_classes, dropout=cfg.finetune.dropout, pooling=pooling
+    )
 
 
 def train_one(
@@ -502,7 +547,7 @@ def run(argv=None) -> dict:
     if init.kind == "random":
         print("encoder starts from random weights (no --init_checkpoint)")
     else:
-        print(f"encoder starts from {init.kind} checkpoint {init.path}")
+        print(f"encoder starts from {init.checkpoint.description}")
 
     # 2. Prepare the data: both splits read, checked, tokenized (once).
     data = text_data.prepare_data(

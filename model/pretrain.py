@@ -88,8 +88,11 @@ def parse_args(argv):
     parser.add_argument(
         "--init_checkpoint",
         default="",
-        help="start from our pretraining model_dir or a Google TF1 BERT "
-        "checkpoint prefix (ignored when model_dir already has checkpoints)",
+        help="start from a checkpoint: our pretraining (or fine-tuning) "
+        "model_dir, a Hugging Face BERT directory (config.json + "
+        "model.safetensors; encoder, MLM and NSP heads) or a Google TF1 BERT "
+        "checkpoint prefix; its sizes and vocabulary replace the config's "
+        "(ignored when model_dir already has checkpoints)",
     )
     parser.add_argument(
         "--set",
@@ -242,6 +245,7 @@ def run(argv=None):
         cfg = resolve_config(args)
         cfg = resolve_backend(cfg)
         _check_model_dir(args.model_dir)
+        cfg = _config_from_init_checkpoint(cfg, args.init_checkpoint)
         cfg, files, meta, vocab = check_data(cfg, args.data)
     except (ConfigError, ValueError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
@@ -754,22 +758,53 @@ def _masker(cfg, vocab):
     return DynamicMasker.from_config(vocab, cfg.data)
 
 
+def _config_from_init_checkpoint(cfg, path):
+    """The encoder's sizes, activation, casing and vocabulary from
+    `--init_checkpoint` (any format `model.checkpoints` reads), so that the
+    records are checked against the checkpoint's vocabulary (sha256) before
+    any work. `model.dropout` stays the run's."""
+    if not path:
+        return cfg
+    from model import checkpoints
+
+    ckpt = checkpoints.inspect(path)
+    model = ckpt.model_config
+    data = cfg.data
+    if model is None:  # our run: its config.yaml
+        from configs.loader import load_resolved
+
+        recorded = load_resolved(ckpt.path)
+        model, data = recorded.model, dataclasses.replace(
+            data, do_lower_case=recorded.data.do_lower_case
+        )
+    if ckpt.do_lower_case is not None:
+        data = dataclasses.replace(data, do_lower_case=ckpt.do_lower_case)
+    vocab_path = ckpt.vocab_path
+    if not vocab_path and ckpt.vocab:  # tokenizer.json alone
+        vocab_path = os.path.join(tempfile.mkdtemp(prefix="vocab-"), "vocab.txt")
+        fileio.write_atomic(vocab_path, "\n".join(ckpt.vocab) + "\n")
+    if vocab_path:
+        if cfg.data.vocab_file and cfg.data.vocab_file != vocab_path:
+            checkpoints.check_vocab(
+                ckpt, features.read_vocab(cfg.data.vocab_file), cfg.data.vocab_file
+            )
+        data = dataclasses.replace(data, vocab_file=vocab_path)
+    model = dataclasses.replace(model, dropout=cfg.model.dropout)
+    print(f"model config from {ckpt.description}", flush=True)
+    return cfg.replace(model=model, data=data).validate()
+
+
 def _load_init_checkpoint(path, backbone, pretrainer):
-    from model import checkpoint_conversion
+    """Encoder and heads from `path`; one note per part initialised."""
+    from model import checkpoints
 
-    weights = fileio.join(path, ENCODER_WEIGHTS_FILE)
-    if fileio.exists(weights):
-        from model.bert_backbone import _local_copy
-
-        backbone.load_weights(_local_copy(weights))
-        return
-    if checkpoint_conversion.is_google_checkpoint(path):
-        checkpoint_conversion.load_google_checkpoint(backbone, path, pretrainer)
-        return
-    raise SystemExit(
-        f"error: --init_checkpoint {path} is neither a model_dir with "
-        f"{ENCODER_WEIGHTS_FILE} nor a Google BERT checkpoint"
-    )
+    try:
+        ckpt = checkpoints.inspect(path)
+        notes = checkpoints.load_pretraining_heads(ckpt, pretrainer)
+    except ConfigError as e:
+        raise SystemExit(f"error: --init_checkpoint: {e}") from None
+    for note in notes:
+        print(f"note: {note}", flush=True)
 
 
 def _save_weights(model, path):

@@ -61,8 +61,12 @@ def write_records(
     metadata=True,
     seed=0,
     compression=None,
+    vocab=None,
 ):
     """Writes `num` records over `num_shards` files (+ metadata.json, vocab.txt).
+
+    `vocab` (a token list of `vocab_size` tokens) replaces the tiny one
+    (e.g. a checkpoint's, for continued pretraining).
 
     With metadata (the data job's output) the files are named as the data
     job names its shards (`pretraining-SSSSS-of-NNNNN.tfrecord`); without,
@@ -101,7 +105,8 @@ def write_records(
         writers[i % num_shards].write(example.SerializeToString())
     for w in writers:
         w.close()
-    vocab = tiny_vocab(vocab_size)
+    vocab = vocab or tiny_vocab(vocab_size)
+    assert len(vocab) == vocab_size
     with open(f"{directory}/vocab.txt", "w") as f:
         f.write("\n".join(vocab) + "\n")
     if metadata:

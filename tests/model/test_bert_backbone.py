@@ -93,5 +93,5 @@ def test_load_pretrained_backbone_from_model_dir(tmp_path, backbone):
 
 
 def test_load_pretrained_backbone_rejects_other_paths(tmp_path):
-    with pytest.raises(ValueError, match="neither"):
+    with pytest.raises(ValueError, match="holds no checkpoint; expected"):
         load_pretrained_backbone(str(tmp_path))
