@@ -12,6 +12,14 @@ to `export.max_seq_length`. A second signature, `tokenize`, returns the
 packed int64 `input_ids`/`input_mask`/`segment_ids` so parity with the data
 job can be checked on the served artifact itself.
 
+`--format=huggingface` writes a Hugging Face BERT directory instead
+(`config.json`, `model.safetensors`, `vocab.txt`, `tokenizer_config.json`):
+a fine-tuning run as `BertForSequenceClassification` (`id2label` /
+`label2id` from its labels), a pretraining run as `BertForPreTraining`
+(encoder, MLM and NSP heads from its newest checkpoint); see
+`model.checkpoints.huggingface`. transformers loads it, and
+`--init_checkpoint` reads it back exactly.
+
 Written with `keras.export.ExportArchive`, which TF Serving's session-based
 loader accepts (a hand-written `tf.Module` failed there with "Could not
 find variable"). Loading needs only `tensorflow` and `tensorflow_text`
@@ -143,8 +151,12 @@ def load_finetuned(model_dir: str):
         raise ConfigError(f"{model_dir}: vocabulary {vocab_path} does not exist")
     vocab = features.read_vocab(vocab_path)
     backbone = BertBackbone.from_model_config(cfg.model)
+    pooling = cfg.finetune.pooling if cfg.finetune.pooling != "auto" else "cls"
     classifier = BertClassifier(
-        backbone, len(cfg.finetune.labels), dropout=cfg.finetune.dropout
+        backbone,
+        len(cfg.finetune.labels),
+        dropout=cfg.finetune.dropout,
+        pooling=pooling,
     )
     classifier.load_weights(weights)  # Keras copies remote files itself
     return classifier, cfg, vocab
@@ -162,9 +174,20 @@ def run(argv=None) -> str:
     parser.add_argument(
         "--max_seq_length", type=int, default=0, help="0 = the config's"
     )
+    parser.add_argument(
+        "--format",
+        choices=("saved_model", "huggingface"),
+        default="saved_model",
+        help="saved_model (default): the serving SavedModel of a fine-tuning "
+        "run; huggingface: a transformers BERT directory of a fine-tuning "
+        "run (BertForSequenceClassification) or a pretraining run "
+        "(BertForPreTraining)",
+    )
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         raise ConfigError(f"unknown flag(s): {' '.join(unknown)}")
+    if args.format == "huggingface":
+        return export_huggingface(args.model_dir, args.export_dir)
     if fileio.isfile(args.export_dir):
         raise ConfigError(f"--export_dir {args.export_dir} is a file")
     if fileio.same_path(args.export_dir, args.model_dir):
@@ -200,6 +223,90 @@ def run(argv=None) -> str:
         f"[None], {PROBABILITIES_OUTPUT} float32 [None, {len(cfg.finetune.labels)}])"
     )
     return args.export_dir
+
+
+def export_huggingface(model_dir: str, export_dir: str) -> str:
+    """Writes our run `model_dir` as a Hugging Face BERT directory.
+
+    Raises:
+        ConfigError: `model_dir` is not a BERT run of ours, a mean-pooling
+            classifier (BertForSequenceClassification pools [CLS]), or
+            `export_dir` holds other files.
+    """
+    from model.checkpoints import huggingface, ours
+
+    kind = ours.kind(model_dir)
+    if kind not in ("pretraining", "finetuned"):
+        raise ConfigError(
+            f"--model_dir {model_dir} is not a BERT pretraining or fine-tuning "
+            "run of ours (config.yaml with encoder.weights.h5 or "
+            "best.weights.h5); only those export to Hugging Face BERT"
+        )
+    if fileio.same_path(export_dir, model_dir):
+        raise ConfigError("--export_dir must not be the --model_dir")
+    if fileio.isfile(export_dir):
+        raise ConfigError(f"--export_dir {export_dir} is a file")
+    if (
+        fileio.isdir(export_dir)
+        and fileio.listdir(export_dir)
+        and not fileio.exists(fileio.join(export_dir, huggingface.CONFIG_FILE))
+    ):
+        raise ConfigError(
+            f"--export_dir {export_dir} holds files but no {huggingface.CONFIG_FILE};"
+            " give a new or an earlier Hugging Face export's directory"
+        )
+    cfg = load_resolved(model_dir)
+    if kind == "finetuned":
+        classifier, cfg, vocab = load_finetuned(model_dir)
+        if classifier.pooling != "cls":
+            raise ConfigError(
+                f"{model_dir} pools by {classifier.pooling}; "
+                "BertForSequenceClassification reads BERT's [CLS] pooler: "
+                "export it as a SavedModel (--format=saved_model)"
+            )
+        parts = dict(
+            backbone=classifier.backbone,
+            classifier=classifier,
+            labels=list(cfg.finetune.labels),
+            label_names=list(cfg.export.label_names),
+        )
+        what = "BertForSequenceClassification"
+    else:
+        from model.bert_backbone import load_pretrained_backbone
+        from model.bert_pretrainer import BertPretrainer
+
+        backbone = load_pretrained_backbone(model_dir)
+        pretrainer = BertPretrainer(backbone)
+        for note in ours.load_pretraining_heads(pretrainer, model_dir):
+            print(f"note: {note}")
+        # The final encoder (the newest checkpoint may predate it).
+        backbone.load_weights(
+            ours._local_copy(fileio.join(model_dir, ours.ENCODER_WEIGHTS_FILE))
+        )
+        vocab_path = fileio.join(model_dir, "vocab.txt")
+        if not fileio.exists(vocab_path):
+            raise ConfigError(f"{model_dir} has no vocab.txt to export")
+        vocab = features.read_vocab(vocab_path)
+        parts = dict(backbone=backbone, pretrainer=pretrainer)
+        what = "BertForPreTraining"
+    final_dir, temp_dir = export_dir.rstrip("/"), export_dir.rstrip("/")
+    if not fileio.is_remote(final_dir):
+        temp_dir = f"{final_dir}.tmp-{uuid.uuid4().hex[:8]}"
+    huggingface.export(
+        temp_dir,
+        model_cfg=cfg.model,
+        vocab=vocab,
+        do_lower_case=cfg.data.do_lower_case,
+        **parts,
+    )
+    if temp_dir != final_dir:
+        old = f"{temp_dir}.old"
+        if os.path.exists(final_dir):
+            os.replace(final_dir, old)
+        os.replace(temp_dir, final_dir)
+        fileio.remove(old)
+    print(f"exported {model_dir} -> {final_dir} (Hugging Face {what})")
+    return final_dir
 
 
 class _Parser(argparse.ArgumentParser):

@@ -207,7 +207,15 @@ def resolve_config(args, overrides):
         print(f"model config from {fileio.join(init.path, RESOLVED_CONFIG_FILE)}")
     elif init.kind in ("google", "huggingface"):
         ckpt = init.checkpoint
-        cfg = cfg.replace(model=ckpt.model_config)
+        # data.max_seq_length describes pretraining records, none here: kept
+        # within the checkpoint's position table.
+        data = dataclasses.replace(
+            cfg.data,
+            max_seq_length=min(
+                cfg.data.max_seq_length, ckpt.model_config.max_sequence_length
+            ),
+        )
+        cfg = cfg.replace(model=ckpt.model_config, data=data)
         if ckpt.do_lower_case is not None:
             cfg = cfg.replace(
                 data=dataclasses.replace(cfg.data, do_lower_case=ckpt.do_lower_case)
@@ -215,9 +223,7 @@ def resolve_config(args, overrides):
         print(f"model config from {ckpt.description}")
     if init.kind != "random":
         cfg = _resolve_pooling(cfg, init)
-    vocab_path = (
-        args.vocab or _checkpoint_vocab_file(init) or cfg.data.vocab_file
-    )
+    vocab_path = args.vocab or _checkpoint_vocab_file(init) or cfg.data.vocab_file
     if init.kind == "ours" and not args.vocab and not init.vocab and vocab_path:
         if not os.path.isabs(vocab_path) and not fileio.is_remote(vocab_path):
             beside = fileio.join(init.path, vocab_path)
@@ -547,7 +553,10 @@ def run(argv=None) -> dict:
     if init.kind == "random":
         print("encoder starts from random weights (no --init_checkpoint)")
     else:
-        print(f"encoder starts from {init.checkpoint.description}")
+        print(
+            f"encoder starts from {init.kind} checkpoint {init.path} "
+            f"({init.checkpoint.what})"
+        )
 
     # 2. Prepare the data: both splits read, checked, tokenized (once).
     data = text_data.prepare_data(

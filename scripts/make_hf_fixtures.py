@@ -59,9 +59,7 @@ INPUT_IDS = np.array(
     np.int32,
 )
 INPUT_MASK = (np.arange(12)[None, :] < np.array([[12], [9]])).astype(np.int32)
-SEGMENT_IDS = np.array(
-    [[0] * 8 + [1] * 4, [0] * 6 + [1] * 3 + [0] * 3], np.int32
-)
+SEGMENT_IDS = np.array([[0] * 8 + [1] * 4, [0] * 6 + [1] * 3 + [0] * 3], np.int32)
 
 
 def small_config(**overrides):
@@ -126,8 +124,10 @@ def outputs(model, kind):
             result["mlm_logits"] = model(**inputs).logits.float().numpy()
         if kind == "BertForSequenceClassification":
             result["logits"] = model(**inputs).logits.float().numpy()
-    return {k: np.asarray(v, np.int32 if "id" in k or "mask" in k else np.float32)
-            for k, v in result.items()}
+    return {
+        k: np.asarray(v, np.int32 if "id" in k or "mask" in k else np.float32)
+        for k, v in result.items()
+    }
 
 
 def write_vocab(path):
@@ -142,14 +142,23 @@ def tokenizer_for(directory, lower_case):
 
 
 def token_examples(tokenizer):
-    return [
-        {"text": s, "input_ids": tokenizer(s)["input_ids"]} for s in SENTENCES
-    ]
+    return [{"text": s, "input_ids": tokenizer(s)["input_ids"]} for s in SENTENCES]
 
 
-def fixture(out, name, kind, *, seed, config=None, dtype=None, shard=None,
-            lower_case=True, tokenizer_json_only=False, sentence_transformers=False,
-            num_labels=None):
+def fixture(
+    out,
+    name,
+    kind,
+    *,
+    seed,
+    config=None,
+    dtype=None,
+    shard=None,
+    lower_case=True,
+    tokenizer_json_only=False,
+    sentence_transformers=False,
+    num_labels=None,
+):
     directory = os.path.join(out, name)
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory)
@@ -191,41 +200,74 @@ def fixture(out, name, kind, *, seed, config=None, dtype=None, shard=None,
                 indent=2,
             )
         modules = [
-            {"idx": 0, "name": "0", "path": "",
-             "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling",
-             "type": "sentence_transformers.models.Pooling"},
+            {
+                "idx": 0,
+                "name": "0",
+                "path": "",
+                "type": "sentence_transformers.models.Transformer",
+            },
+            {
+                "idx": 1,
+                "name": "1",
+                "path": "1_Pooling",
+                "type": "sentence_transformers.models.Pooling",
+            },
         ]
         with open(os.path.join(directory, "modules.json"), "w") as f:
             json.dump(modules, f, indent=2)
         with open(os.path.join(directory, "sentence_bert_config.json"), "w") as f:
             json.dump({"max_seq_length": 64, "do_lower_case": False}, f)
-    print(f"{name}: {sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(directory) for n in ns) / 1024:.0f} KB")
+    print(
+        f"{name}: {sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(directory) for n in ns) / 1024:.0f} KB"
+    )
 
 
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
-    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
-        here, "..", "tests", "model", "hf_fixtures"
+    out = (
+        sys.argv[1]
+        if len(sys.argv) > 1
+        else os.path.join(here, "..", "tests", "model", "hf_fixtures")
     )
     os.makedirs(out, exist_ok=True)
     fixture(out, "bert_model", "BertModel", seed=1)
     fixture(out, "pretraining", "BertForPreTraining", seed=2)
     fixture(out, "masked_lm", "BertForMaskedLM", seed=3)
-    fixture(out, "sequence_classification", "BertForSequenceClassification",
-            seed=4, num_labels=3)
-    fixture(out, "sentence_transformers", "BertModel", seed=5,
-            sentence_transformers=True)
+    fixture(
+        out,
+        "sequence_classification",
+        "BertForSequenceClassification",
+        seed=4,
+        num_labels=3,
+    )
+    fixture(
+        out, "sentence_transformers", "BertModel", seed=5, sentence_transformers=True
+    )
     # Non-default config values that the import must honour.
-    fixture(out, "gelu_new", "BertModel", seed=6, config=small_config(
-        hidden_act="gelu_new", layer_norm_eps=1e-7, type_vocab_size=3,
-        max_position_embeddings=40))
+    fixture(
+        out,
+        "gelu_new",
+        "BertModel",
+        seed=6,
+        config=small_config(
+            hidden_act="gelu_new",
+            layer_norm_eps=1e-7,
+            type_vocab_size=3,
+            max_position_embeddings=40,
+        ),
+    )
     fixture(out, "relu", "BertModel", seed=7, config=small_config(hidden_act="relu"))
     fixture(out, "bf16", "BertForPreTraining", seed=8, dtype=torch.bfloat16)
     fixture(out, "fp16", "BertModel", seed=9, dtype=torch.float16)
     fixture(out, "sharded", "BertForMaskedLM", seed=10, shard="20KB")
-    fixture(out, "tokenizer_json_only", "BertModel", seed=11, lower_case=False,
-            tokenizer_json_only=True)
+    fixture(
+        out,
+        "tokenizer_json_only",
+        "BertModel",
+        seed=11,
+        lower_case=False,
+        tokenizer_json_only=True,
+    )
     with open(os.path.join(out, "VERSIONS"), "w") as f:
         f.write(f"transformers {transformers.__version__}\ntorch {torch.__version__}\n")
 

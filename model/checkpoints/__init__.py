@@ -52,13 +52,17 @@ class Checkpoint:
     pooling: str | None = None
 
     @property
-    def description(self) -> str:
+    def what(self) -> str:
         return {
-            "pretraining": "pretraining run",
-            "finetuned": "fine-tuning run (its encoder)",
+            "pretraining": "our pretraining run",
+            "finetuned": "our fine-tuning run: its encoder",
             "tf1": "google-research/bert checkpoint",
             "huggingface": "Hugging Face BERT checkpoint",
-        }[self.kind] + f" {self.path}"
+        }[self.kind]
+
+    @property
+    def description(self) -> str:
+        return f"{self.what} {self.path}"
 
 
 def inspect(path: str) -> Checkpoint:

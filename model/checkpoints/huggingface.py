@@ -110,7 +110,9 @@ def tensor_map(num_layers: int) -> list[tuple[str, object, str]]:
         m += _layer_norm(
             f"{ours}/self_attention_layer_norm", f"{hf}.attention.output.LayerNorm"
         )
-        m += _dense(f"{ours}/feedforward_intermediate_dense", f"{hf}.intermediate.dense")
+        m += _dense(
+            f"{ours}/feedforward_intermediate_dense", f"{hf}.intermediate.dense"
+        )
         m += _dense(f"{ours}/feedforward_output_dense", f"{hf}.output.dense")
         m += _layer_norm(f"{ours}/feedforward_layer_norm", f"{hf}.output.LayerNorm")
     return m
@@ -123,7 +125,11 @@ POOLER_MAP = [
 # `BertPretrainer` weight paths <-> `BertForPreTraining` head names. The MLM
 # decoder is tied to the word embeddings: only its bias is a tensor.
 MLM_HEAD_MAP = [
-    ("mlm_head/transform_dense/kernel", "cls.predictions.transform.dense.weight", "linear"),
+    (
+        "mlm_head/transform_dense/kernel",
+        "cls.predictions.transform.dense.weight",
+        "linear",
+    ),
     ("mlm_head/transform_dense/bias", "cls.predictions.transform.dense.bias", "copy"),
     (
         "mlm_head/transform_layer_norm/gamma",
@@ -149,11 +155,17 @@ CLASSIFIER_MAP = [
 
 
 def _dense(ours, hf):
-    return [(f"{ours}/kernel", f"{hf}.weight", "linear"), (f"{ours}/bias", f"{hf}.bias", "copy")]
+    return [
+        (f"{ours}/kernel", f"{hf}.weight", "linear"),
+        (f"{ours}/bias", f"{hf}.bias", "copy"),
+    ]
 
 
 def _layer_norm(ours, hf):
-    return [(f"{ours}/gamma", f"{hf}.weight", "copy"), (f"{ours}/beta", f"{hf}.bias", "copy")]
+    return [
+        (f"{ours}/gamma", f"{hf}.weight", "copy"),
+        (f"{ours}/beta", f"{hf}.bias", "copy"),
+    ]
 
 
 def _aliases(name):
@@ -178,7 +190,10 @@ def to_hf(value: np.ndarray, hf, how) -> dict:
     value = np.asarray(value, np.float32)
     if how == "qkv":
         parts = np.split(value, 3, axis=-1)
-        return {n: np.ascontiguousarray(p.T if p.ndim == 2 else p) for n, p in zip(hf, parts)}
+        return {
+            n: np.ascontiguousarray(p.T if p.ndim == 2 else p)
+            for n, p in zip(hf, parts)
+        }
     return {hf: np.ascontiguousarray(value.T if how == "linear" else value)}
 
 
@@ -200,7 +215,11 @@ def model_directory(path: str) -> str:
     if fileio.exists(modules):
         for module in _read_json(modules):
             if str(module.get("type", "")).endswith("models.Transformer"):
-                inner = fileio.join(path, module.get("path", "")) if module.get("path") else path
+                inner = (
+                    fileio.join(path, module.get("path", ""))
+                    if module.get("path")
+                    else path
+                )
                 if fileio.exists(fileio.join(inner, CONFIG_FILE)):
                     return inner
     return path
@@ -238,7 +257,9 @@ def read_config(path: str) -> tuple[ModelConfig, dict]:
         )
     for flag in ("is_decoder", "add_cross_attention"):
         if raw.get(flag):
-            raise ConfigError(f"{config_path}: {flag} is set; only BERT encoders are supported")
+            raise ConfigError(
+                f"{config_path}: {flag} is set; only BERT encoders are supported"
+            )
     try:
         cfg = ModelConfig(
             vocabulary_size=int(raw["vocab_size"]),
@@ -291,7 +312,9 @@ def weight_files(path: str) -> list[str]:
             raise ConfigError(
                 f"{path} holds {name} but no {WEIGHTS_FILE}: {name} is {advice}"
             )
-    raise ConfigError(f"{path} has {CONFIG_FILE} but no {WEIGHTS_FILE} (or {INDEX_FILE})")
+    raise ConfigError(
+        f"{path} has {CONFIG_FILE} but no {WEIGHTS_FILE} (or {INDEX_FILE})"
+    )
 
 
 def read_weights(path: str) -> dict[str, np.ndarray]:
@@ -322,7 +345,7 @@ def read_vocab(path: str) -> tuple[list[str], str]:
     tok_path = fileio.join(path, TOKENIZER_FILE)
     if not fileio.exists(tok_path):
         raise ConfigError(f"{path} has neither {VOCAB_FILE} nor {TOKENIZER_FILE}")
-    model = (_read_json(tok_path).get("model") or {})
+    model = _read_json(tok_path).get("model") or {}
     if model.get("type") != "WordPiece":
         raise ConfigError(
             f"{tok_path} is a {model.get('type')} tokenizer; only WordPiece "
@@ -360,7 +383,7 @@ def read_lower_case(path: str):
 
 
 def read_pooling(path: str):
-    """"mean" or "cls" from a sentence-transformers `1_Pooling/config.json`
+    """ "mean" or "cls" from a sentence-transformers `1_Pooling/config.json`
     (found through `modules.json`); None when the directory does not say."""
     modules = fileio.join(path, MODULES_FILE)
     folders = []
@@ -445,7 +468,9 @@ def load_backbone(backbone, path: str, tensors=None) -> list[str]:
             "config.json's num_hidden_layers"
         )
     weights = {w.path: w for w in backbone.weights}
-    _, missing = _assign(weights, tensor_map(backbone.num_layers), tensors, hint, "encoder")
+    _, missing = _assign(
+        weights, tensor_map(backbone.num_layers), tensors, hint, "encoder"
+    )
     if missing:
         raise ConfigError(
             f"{hint} lacks {missing[0]} (and {len(missing) - 1} more encoder "
@@ -474,8 +499,10 @@ def load_pretraining_heads(pretrainer, path: str, tensors=None) -> list[str]:
     hint = weight_files(path)[0]
     weights = _weights_by_path(pretrainer)
     notes = []
-    for name, entries in (("MLM head (cls.predictions)", MLM_HEAD_MAP),
-                          ("NSP head (cls.seq_relationship)", NSP_HEAD_MAP)):
+    for name, entries in (
+        ("MLM head (cls.predictions)", MLM_HEAD_MAP),
+        ("NSP head (cls.seq_relationship)", NSP_HEAD_MAP),
+    ):
         done, missing = _assign(weights, entries, tensors, hint, "pretrainer")
         if missing and done:
             raise ConfigError(f"{hint}: the {name} is incomplete (no {missing[0]})")
@@ -490,7 +517,11 @@ def load_classifier_head(classifier, path: str, tensors=None) -> bool:
     path = model_directory(path)
     tensors = read_weights(path) if tensors is None else tensors
     done, missing = _assign(
-        _weights_by_path(classifier), CLASSIFIER_MAP, tensors, weight_files(path)[0], "classifier"
+        _weights_by_path(classifier),
+        CLASSIFIER_MAP,
+        tensors,
+        weight_files(path)[0],
+        "classifier",
     )
     return not missing
 
@@ -573,11 +604,18 @@ def export(
         **specials,
     }
     fileio.write_atomic(
-        fileio.join(out_dir, TOKENIZER_CONFIG_FILE), json.dumps(tokenizer_config, indent=2)
+        fileio.join(out_dir, TOKENIZER_CONFIG_FILE),
+        json.dumps(tokenizer_config, indent=2),
     )
     fileio.write_atomic(
         fileio.join(out_dir, "special_tokens_map.json"), json.dumps(specials, indent=2)
     )
     # Last: a directory with config.json is what import recognises.
     fileio.write_atomic(fileio.join(out_dir, CONFIG_FILE), json.dumps(config, indent=2))
-    return [CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, TOKENIZER_CONFIG_FILE, "special_tokens_map.json"]
+    return [
+        CONFIG_FILE,
+        WEIGHTS_FILE,
+        VOCAB_FILE,
+        TOKENIZER_CONFIG_FILE,
+        "special_tokens_map.json",
+    ]

@@ -25,7 +25,7 @@ CHECKPOINT_SUBDIR = "checkpoints"
 
 
 def kind(path: str) -> str:
-    """"pretraining", "finetuned", "data" (a data job's output), "run"
+    """ "pretraining", "finetuned", "data" (a data job's output), "run"
     (config.yaml without weights) or "" (not ours)."""
     if not fileio.isdir(path):
         return ""

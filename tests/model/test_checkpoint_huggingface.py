@@ -172,7 +172,10 @@ def test_pytorch_bin_alone_says_how_to_get_safetensors(tmp_path):
 
 @pytest.mark.parametrize(
     "model_type, match",
-    [("roberta", "model_type 'roberta'"), ("distilbert", "supported: Hugging Face BERT")],
+    [
+        ("roberta", "model_type 'roberta'"),
+        ("distilbert", "supported: Hugging Face BERT"),
+    ],
 )
 def test_another_architecture_is_refused(tmp_path, model_type, match):
     d = copy_fixture(tmp_path)
@@ -213,7 +216,9 @@ def test_a_vocab_whose_size_differs_from_vocab_size(tmp_path):
     d = copy_fixture(tmp_path)
     with open(d / "vocab.txt", "a") as f:
         f.write("extra\n")
-    with pytest.raises(ConfigError, match="97 tokens but .*config.json says vocab_size 96"):
+    with pytest.raises(
+        ConfigError, match="97 tokens but .*config.json says vocab_size 96"
+    ):
         checkpoints.inspect(str(d))
 
 
