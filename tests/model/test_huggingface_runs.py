@@ -327,3 +327,31 @@ def test_export_refuses_what_is_not_a_bert_run_of_ours(tmp_path):
                 "--format=huggingface",
             ]
         )
+
+
+@pytest.mark.slow  # a fine-tune, an export and a torch process
+def test_transformers_loads_our_export_and_gives_our_outputs(tmp_path, sst):
+    """Run where a Python with torch + transformers exists (not needed by
+    `make test`): BERT_TRANSFORMERS_PYTHON=/path/to/python."""
+    python = os.environ.get("BERT_TRANSFORMERS_PYTHON")
+    if not python:
+        pytest.skip("set BERT_TRANSFORMERS_PYTHON to a Python with transformers")
+    import subprocess
+
+    model_dir, hf_dir = tmp_path / "ft", tmp_path / "hf"
+    finetune.run(finetune_args(sst, model_dir, fixture("pretraining"), "--max_steps=2"))
+    export.run(
+        [f"--model_dir={model_dir}", f"--export_dir={hf_dir}", "--format=huggingface"]
+    )
+    classifier, _, _ = export.load_finetuned(str(model_dir))
+    x = probe_inputs()
+    np.savez(tmp_path / "ours.npz", **x, logits=np.asarray(classifier(x)))
+    script = os.path.join(FIXTURES, "..", "..", "..", "scripts", "check_hf_export.py")
+    run = subprocess.run(
+        [python, script, str(hf_dir), str(tmp_path / "ours.npz")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+    assert "logits: max |diff|" in run.stdout
