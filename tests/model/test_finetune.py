@@ -298,7 +298,9 @@ def test_no_usable_rows_and_bad_flags(tmp_path, sst_files, vocab_file):
                 *sst_files, tmp_path / "ft", vocab_file, "--set=finetune.text_column=x"
             )
         )
-    with pytest.raises(ConfigError, match="holds no checkpoint; expected our pretraining"):
+    with pytest.raises(
+        ConfigError, match="holds no checkpoint; expected our pretraining"
+    ):
         finetune.run(
             _args(
                 *sst_files, tmp_path / "ft", vocab_file, f"--init_checkpoint={tmp_path}"
