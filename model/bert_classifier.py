@@ -66,6 +66,10 @@ class BertClassifier(keras.Model):
             k: backbone.input[k]
             for k in (features.INPUT_IDS, features.INPUT_MASK, features.SEGMENT_IDS)
         }
+        if pooling == "mean":
+            # The pooler is unused: frozen, so the optimizer has no weights
+            # without gradients (and keeps the checkpoint's values as they were).
+            backbone.pooled_dense.trainable = False
         encoded = backbone(inputs)
         if pooling == "cls":
             pooled = encoded["pooled_output"]

@@ -97,11 +97,21 @@ def _parse_flags(argv):
     add("--train", required=True, help="file or records dir")
     add("--eval", required=True, help="file or records dir")
     add("--model_dir", required=True)
-    add("--init_checkpoint", default="")
+    add(
+        "--init_checkpoint",
+        default="",
+        help="our pretraining/fine-tuning model_dir, a Hugging Face BERT "
+        "directory or a TF1 BERT checkpoint (sizes, vocab, casing from it)",
+    )
     add("--vocab", default="", help="default: the checkpoint's")
     add("--epochs", type=int)
     add("--batch_size", type=int)
-    add("--learning_rate", type=float)
+    add(
+        "--learning_rate",
+        type=float,
+        help="peak lr (sst2.yaml: 5e-5, BERT-Base's GLUE recipe; 2e-5..5e-5 "
+        "for Base/Large, 1e-4..2e-4 for small models such as MiniLM-L6)",
+    )
     add("--seed", type=int)
     add("--seeds", type=int)
     add("--max_steps", type=int)
