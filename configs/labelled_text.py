@@ -17,6 +17,10 @@ import json
 from configs.schema import ConfigError
 
 # Reasons a row is bad (dead-letter `reason`, Beam counter names).
+# More bad rows than this fraction of a file: it is probably the wrong file
+# (the fine-tuning job and classification_data stop; 1 accepts any number).
+DEFAULT_MAX_BAD_FRACTION = 0.1
+
 BAD_UNDECODABLE = "undecodable-bytes"
 BAD_COLUMNS = "wrong-column-count"
 BAD_JSON = "unparseable-json"

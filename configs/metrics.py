@@ -48,3 +48,11 @@ def classification_metrics(matrix, labels, label_names=()) -> dict:
         "labels": list(labels),
         "confusion_matrix": m.tolist(),
     }
+
+
+def accuracy_and_macro_f1(labels, predictions, num_classes: int) -> dict:
+    """Accuracy and macro-F1 (mean over classes present in either array) of
+    int label ids, as `classification_metrics` defines them."""
+    m = confusion_matrix(labels, predictions, num_classes)
+    full = classification_metrics(m, list(range(num_classes)))
+    return {"accuracy": full["accuracy"], "macro_f1": full["macro_f1"]}

@@ -12,6 +12,36 @@ from dataclasses import dataclass, field
 
 from configs import features
 
+# Allowed values of the string settings: `validate` checks them and every
+# command's `--help` lists them (`configs.cli`).
+# Values of `FinetuneConfig.pooling` once resolved.
+POOLINGS = ("cls", "mean")
+# Values of `ModelConfig.activation`.
+ACTIVATIONS = ("gelu", "gelu_approximate", "relu")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+CHOICES = {
+    ("DataConfig", "sentence_task"): features.SENTENCE_TASKS,
+    ("DataConfig", "random_tokens"): ("ordinary", "any"),
+    ("PretrainConfig", "optimizer"): ("adamw", "lamb"),
+    ("PretrainConfig", "precision"): PRECISIONS,
+    ("PretrainConfig", "jit_compile"): ("auto", "true", "false"),
+    ("PretrainConfig", "masking"): ("static", "dynamic"),
+    ("PretrainConfig", "strategy"): STRATEGIES,
+    ("PretrainConfig", "backend"): ("auto", "tensorflow", "jax"),
+    ("FinetuneConfig", "precision"): PRECISIONS,
+    ("FinetuneConfig", "pooling"): ("auto",) + POOLINGS,
+    ("ModelConfig", "activation"): ACTIVATIONS,
+}
+# The `--set SECTION.KEY=VALUE` section of each config class.
+SECTIONS = {
+    "DataConfig": "data",
+    "ModelConfig": "model",
+    "PretrainConfig": "pretrain",
+    "FinetuneConfig": "finetune",
+    "ExportConfig": "export",
+}
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -59,16 +89,10 @@ class DataConfig:
             f"sentence_task must be one of {features.SENTENCE_TASKS}",
         )
         _check(
-            self.random_tokens in ("ordinary", "any"),
+            self.random_tokens in CHOICES[("DataConfig", "random_tokens")],
             "random_tokens must be 'ordinary' or 'any'",
         )
         _check(self.bucket_size >= 2, "bucket_size must be at least 2")
-
-
-# Values of `FinetuneConfig.pooling` once resolved.
-POOLINGS = ("cls", "mean")
-# Values of `ModelConfig.activation`.
-ACTIVATIONS = ("gelu", "gelu_approximate", "relu")
 
 
 @dataclass(frozen=True)
@@ -115,12 +139,13 @@ class PretrainConfig:
     warmup_steps: int = 100  # linear warm-up, then linear decay to 0
     weight_decay: float = 0.01  # AdamW/LAMB; not on LayerNorm or biases
     optimizer: str = "adamw"  # "adamw" or "lamb" (large batches)
-    beta_1: float = 0.9
-    beta_2: float = 0.999
-    epsilon: float = 1e-6
+    beta_1: float = 0.9  # Adam first-moment decay
+    beta_2: float = 0.999  # Adam second-moment decay
+    epsilon: float = 1e-6  # Adam denominator epsilon
     clipnorm: float = 1.0  # global-norm clipping
-    precision: str = "auto"  # auto | float32 | mixed_bfloat16 | mixed_float16
-    jit_compile: str = "auto"  # auto | true | false (XLA)
+    # auto: bf16 on GPU/TPU and AMX CPUs (TF), float32 on CPU (JAX)
+    precision: str = "auto"
+    jit_compile: str = "auto"  # XLA-compile the train step; auto = backend choice
     masking: str = "static"  # static (as written) or dynamic (per step)
     save_every: int = 500  # checkpoint interval in steps
     log_every: int = 50  # metrics.jsonl / TensorBoard interval in steps
@@ -139,23 +164,17 @@ class PretrainConfig:
         _check(self.batch_size >= 1, "batch_size must be at least 1")
         _check(self.learning_rate > 0, "learning_rate must be positive")
         _check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
-        _check(self.optimizer in ("adamw", "lamb"), "optimizer: adamw|lamb")
-        _check(
-            self.precision in ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
-            "precision: auto|float32|mixed_bfloat16|mixed_float16",
-        )
-        _check(self.jit_compile in ("auto", "true", "false"), "jit_compile")
-        _check(self.masking in ("static", "dynamic"), "masking: static|dynamic")
-        _check(
-            self.strategy
-            in ("default", "one_device", "mirrored", "multi_worker", "tpu"),
-            "strategy: default|one_device|mirrored|multi_worker|tpu",
-        )
+        for name in ("optimizer", "precision", "jit_compile", "masking", "strategy"):
+            allowed = CHOICES[("PretrainConfig", name)]
+            _check(
+                getattr(self, name) in allowed,
+                f"pretrain.{name} must be one of {'|'.join(allowed)}",
+            )
         _check(self.save_every >= 1, "save_every must be at least 1")
         _check(self.log_every >= 1, "log_every must be at least 1")
         _check(self.steps_per_loop >= 1, "steps_per_loop must be >= 1")
         _check(
-            self.backend in ("auto", "tensorflow", "jax"),
+            self.backend in CHOICES[("PretrainConfig", "backend")],
             "backend: auto|tensorflow|jax (set KERAS_BACKEND to choose)",
         )
         _check(self.budget_minutes >= 0, "budget_minutes must be >= 0")
@@ -166,11 +185,13 @@ class PretrainConfig:
 class FinetuneConfig:
     """Sentence classification fine-tuning settings."""
 
-    epochs: int = 3
+    epochs: int = 3  # passes over the training rows (GLUE recipe: 2-4)
     batch_size: int = 32  # GLOBAL batch size
+    # peak AdamW rate: 2e-5..5e-5 for BERT-Base/Large (the GLUE recipe),
+    # 1e-4..2e-4 for small models such as BERT-Mini or MiniLM-L6
     learning_rate: float = 5e-5
     warmup_proportion: float = 0.1  # of total steps
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # AdamW; not on LayerNorm or biases
     max_seq_length: int = 128  # tokens incl. [CLS]/[SEP]
     dropout: float = 0.1  # before the classification layer
     # What the classification layer reads: cls = BERT's pooler (dense + tanh
@@ -180,14 +201,14 @@ class FinetuneConfig:
     # else cls. Recorded resolved, and baked into the SavedModel.
     pooling: str = "auto"  # auto | cls | mean
     labels: tuple = ()  # label values as strings; empty = learn from train
-    text_column: str = "sentence"
+    text_column: str = "sentence"  # TSV/CSV column (JSONL key) of the text
     text_b_column: str = ""  # set for sentence-pair tasks
-    label_column: str = "label"
-    seed: int = 0
+    label_column: str = "label"  # TSV/CSV column (JSONL key) of the label
+    seed: int = 0  # model init, dropout, shuffling
     seeds: int = 1  # repeat with seeds seed..seed+N-1, report mean ± std
     # auto: bfloat16 on GPUs/TPUs and bf16 CPUs (AMX), else float32. The
     # variables stay float32 either way, so exports are float32.
-    precision: str = "auto"  # auto | float32 | mixed_bfloat16 | mixed_float16
+    precision: str = "auto"  # float32 or mixed precision (see the comment above)
     # Batches of similar length, trimmed to their longest row (rounded up to
     # 8): ~2.5x less padding on SST-2; batch order is still shuffled.
     group_by_length: bool = True
@@ -206,8 +227,8 @@ class FinetuneConfig:
             "finetune.pooling: auto|cls|mean",
         )
         _check(
-            self.precision in ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
-            "finetune.precision: auto|float32|mixed_bfloat16|mixed_float16",
+            self.precision in PRECISIONS,
+            f"finetune.precision must be one of {'|'.join(PRECISIONS)}",
         )
 
 

@@ -36,6 +36,7 @@ import sys
 import uuid
 
 from configs import features, fileio
+from configs.cli import program_name, quiet_tensorflow_logs
 from configs.loader import load_resolved
 from configs.schema import ConfigError
 
@@ -165,14 +166,26 @@ def load_finetuned(model_dir: str):
 def run(argv=None) -> str:
     """Exports `--model_dir`'s best weights to `--export_dir`; returns it."""
     parser = _Parser(
-        prog="python -m model.export",
+        prog=program_name("model.export"),
         allow_abbrev=False,
         description="Fine-tuned model_dir -> raw-string SavedModel.",
     )
-    parser.add_argument("--model_dir", required=True)
-    parser.add_argument("--export_dir", required=True)
     parser.add_argument(
-        "--max_seq_length", type=int, default=0, help="0 = the config's"
+        "--model_dir",
+        required=True,
+        help="a model.finetune run (its best weights, config and vocab)",
+    )
+    parser.add_argument(
+        "--export_dir",
+        required=True,
+        help="where the SavedModel goes (raw strings in; label, probabilities out)",
+    )
+    parser.add_argument(
+        "--max_seq_length",
+        type=int,
+        default=0,
+        help="longer texts are truncated to this many wordpieces (default 0 = "
+        "export.max_seq_length of the run's config)",
     )
     parser.add_argument(
         "--format",
@@ -316,6 +329,7 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv=None):
     """Bad flags, paths and configs: one `error:` line, exit 2, before any work."""
+    quiet_tensorflow_logs()
     try:
         run(argv)
     except ConfigError as e:

@@ -59,17 +59,14 @@ import math
 import os
 import sys
 import time
-import uuid
 
-import keras
 import numpy as np
 
 from configs import features, fileio
+from configs.cli import flag_help, program_name, quiet_tensorflow_logs
 from configs.loader import RESOLVED_CONFIG_FILE, dump_config, load_config
 from configs.loader import load_resolved
-from configs.metrics import classification_metrics as matrix_metrics
-from configs.metrics import confusion_matrix
-from configs.schema import ConfigError
+from configs.schema import ConfigError, FinetuneConfig
 
 BEST_WEIGHTS_FILE = "best.weights.h5"
 VOCAB_FILE = "vocab.txt"
@@ -79,42 +76,68 @@ EVAL_BATCH_SIZE = 256
 
 
 # === Flags and config ===
+# Flags that are shorthands for `--set finetune.<name>=<value>`.
+FINETUNE_FLAGS = {
+    "epochs": int,
+    "batch_size": int,
+    "learning_rate": float,
+    "seed": int,
+    "seeds": int,
+    "max_steps": int,
+}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not usage + error
         raise ConfigError(message)
 
 
 def _parse_flags(argv):
-    from model.text_data import DEFAULT_MAX_BAD_FRACTION
+    from configs.labelled_text import DEFAULT_MAX_BAD_FRACTION
 
     parser = _Parser(
-        prog="python -m model.finetune",
+        prog=program_name("model.finetune"),
         allow_abbrev=False,
         description="Fine-tune BERT for sentence classification.",
     )
     add = parser.add_argument
-    add("--config", action="append", default=[], help="YAML file")
-    add("--train", required=True, help="file or records dir")
-    add("--eval", required=True, help="file or records dir")
-    add("--model_dir", required=True)
+    add(
+        "--config",
+        action="append",
+        default=[],
+        help="YAML config (repeatable), e.g. configs/finetune/sst2.yaml; "
+        "without one the labels are learned from --train",
+    )
+    add(
+        "--train",
+        required=True,
+        help="labelled TSV/CSV (with a header) or JSONL file, or a "
+        "pipelines.classification_data records directory",
+    )
+    add("--eval", required=True, help="the same kinds as --train; evaluated each epoch")
+    add(
+        "--model_dir",
+        required=True,
+        help="output: best.weights.h5, eval_metrics.json, metrics.jsonl, config.yaml",
+    )
     add(
         "--init_checkpoint",
         default="",
-        help="our pretraining/fine-tuning model_dir, a Hugging Face BERT "
-        "directory or a TF1 BERT checkpoint (sizes, vocab, casing from it)",
+        help="encoder to start from: our pretraining/fine-tuning model_dir, a "
+        "Hugging Face BERT directory or a TF1 BERT checkpoint (sizes, vocab, "
+        "casing from it) (default: random init)",
     )
-    add("--vocab", default="", help="default: the checkpoint's")
-    add("--epochs", type=int)
-    add("--batch_size", type=int)
+    add("--vocab", default="", help="vocab.txt (default: the checkpoint's)")
     add(
-        "--learning_rate",
-        type=float,
-        help="peak lr (sst2.yaml: 5e-5, BERT-Base's GLUE recipe; 2e-5..5e-5 "
-        "for Base/Large, 1e-4..2e-4 for small models such as MiniLM-L6)",
+        "--labels",
+        default="",
+        help="comma-separated label values in id order (default: the config's "
+        "finetune.labels, else learned from --train) (= --set finetune.labels=[...])",
     )
-    add("--seed", type=int)
-    add("--seeds", type=int)
-    add("--max_steps", type=int)
+    for name in ("text_column", "label_column"):
+        add(f"--{name}", help=flag_help(FinetuneConfig, name))
+    for name, kind in FINETUNE_FLAGS.items():
+        add(f"--{name}", type=kind, help=flag_help(FinetuneConfig, name))
     add(
         "--max_bad_fraction",
         type=float,
@@ -135,10 +158,18 @@ def _parse_flags(argv):
         raise ConfigError(f"--model_dir {args.model_dir} is a file, not a directory")
     overrides = [
         f"finetune.{name}={getattr(args, name)}"
-        for name in ("epochs", "batch_size", "learning_rate", "seed", "seeds")
-        + ("max_steps",)
+        for name in FINETUNE_FLAGS
         if getattr(args, name) is not None
     ]
+    # Strings go through JSON: YAML would read "false" or "1" otherwise.
+    overrides += [
+        f"finetune.{name}={json.dumps(getattr(args, name))}"
+        for name in ("text_column", "label_column")
+        if getattr(args, name) is not None
+    ]
+    if args.labels:
+        labels = [v.strip() for v in args.labels.split(",") if v.strip()]
+        overrides.append(f"finetune.labels={json.dumps(labels)}")
     return args, overrides + list(args.set)
 
 
@@ -305,14 +336,6 @@ def _recorded_config(cfg, labels):
 
 
 # === Metrics ===
-def classification_metrics(labels, predictions, num_classes) -> dict:
-    """Accuracy and macro-F1 (mean over classes present in either array),
-    as the batch-inference job reports them (`configs.metrics`)."""
-    m = confusion_matrix(labels, predictions, num_classes)
-    full = matrix_metrics(m, list(range(num_classes)))
-    return {"accuracy": full["accuracy"], "macro_f1": full["macro_f1"]}
-
-
 def mean_std(values) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for one value)."""
     values = np.asarray(values, dtype=np.float64)
@@ -334,89 +357,6 @@ class _MetricsLog:
 
 
 # === Training ===
-class _EvaluateEachEpoch(keras.callbacks.Callback):
-    """Accuracy + macro-F1 on eval after every epoch; keeps the best weights.
-
-    Args:
-        eval_batches: tf.data of `(features, label_id)` batches.
-        eval_labels: int array `[num_eval]`, the labels in batch order.
-        num_classes: int.
-        weights_path: where the best epoch's weights go.
-        log: the run's `_MetricsLog`.
-    """
-
-    def __init__(self, eval_batches, eval_labels, num_classes, weights_path, log):
-        super().__init__()
-        self._batches = eval_batches
-        self._labels = eval_labels
-        self._num_classes = num_classes
-        self._weights_path = weights_path
-        self._log = log
-        self.history = []
-        self.best = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        # predict_on_batch: no iterator warnings for a finite dataset.
-        logits = np.concatenate(
-            [self.model.predict_on_batch(x) for x, _ in self._batches]
-        )
-        metrics = classification_metrics(
-            self._labels, np.argmax(logits, axis=-1), self._num_classes
-        )
-        metrics.update(epoch=epoch + 1, train_loss=float((logs or {}).get("loss", 0)))
-        self.history.append(metrics)
-        improved = self.best is None or metrics["accuracy"] > self.best["accuracy"]
-        if improved:
-            self.best = dict(metrics)
-            # Under a temporary name, then renamed: a run killed while
-            # saving leaves the previous best whole.
-            directory, name = os.path.split(self._weights_path)
-            temp = fileio.join(directory, f"tmp-{uuid.uuid4().hex[:8]}-{name}")
-            self.model.save_weights(temp)
-            fileio.rename(temp, self._weights_path, overwrite=True)
-        self._log.write({"kind": "eval", **metrics})
-        print(
-            f"  epoch {epoch + 1}: train loss {metrics['train_loss']:.4f}, "
-            f"eval accuracy {metrics['accuracy']:.4f}, "
-            f"macro-F1 {metrics['macro_f1']:.4f}"
-            + (" (best so far, saved)" if improved else ""),
-            flush=True,
-        )
-
-
-class _Progress(keras.callbacks.Callback):
-    """One line every `log_every` steps: loss, learning rate, speed."""
-
-    def __init__(self, log, log_every, quiet):
-        super().__init__()
-        self._log = log
-        self._log_every = log_every
-        self._quiet = quiet
-        self.step = 0
-        self.start = time.time()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
-        if self._quiet or self.step % self._log_every:
-            return
-        logs = logs or {}
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        elapsed = time.time() - self.start
-        print(
-            f"  step {self.step}: loss {logs.get('loss', 0):.4f}, "
-            f"lr {lr:.2e}, {self.step / max(elapsed, 1e-9):.1f} steps/s",
-            flush=True,
-        )
-        self._log.write(
-            {
-                "kind": "train",
-                "step": self.step,
-                "loss": logs.get("loss"),
-                "elapsed_s": round(elapsed, 3),
-            }
-        )
-
-
 def build_classifier(cfg, init, num_classes, dtype=None):
     """A `BertClassifier` over a fresh or pretrained `BertBackbone`.
 
@@ -459,7 +399,10 @@ def train_one(
     """
     import tensorflow as tf
 
+    import keras
+
     from model import text_data
+    from model.finetune_callbacks import EvaluateEachEpoch, Progress
     from model.optimization import create_optimizer
 
     ft = cfg.finetune
@@ -510,14 +453,14 @@ def train_one(
     )
 
     # Train, evaluating each epoch.
-    evaluate = _EvaluateEachEpoch(
+    evaluate = EvaluateEachEpoch(
         eval_ds,
         eval_labels,
         len(labels),
         fileio.join(run_dir, BEST_WEIGHTS_FILE),
         log,
     )
-    progress = _Progress(log, log_every=max(1, steps_per_epoch // 4), quiet=quiet)
+    progress = Progress(log, log_every=max(1, steps_per_epoch // 4), quiet=quiet)
     start = time.time()
     model.fit(
         batches,
@@ -549,10 +492,10 @@ def run(argv=None) -> dict:
         ConfigError: a flag, config, checkpoint or data problem (one line,
             before training).
     """
-    from model import text_data
-
     # 1. Resolve the config: flags, YAML, checkpoint, vocabulary.
     args, overrides = _parse_flags(argv)
+    from model import text_data  # TensorFlow: after --help and flag errors
+
     cfg, init, vocab, vocab_path = resolve_config(args, overrides)
     model_dir = args.model_dir
     fileio.makedirs(model_dir)
@@ -656,6 +599,7 @@ def run(argv=None) -> dict:
 
 def main(argv=None):
     """Flag, path, config and data problems: one `error:` line, exit 2."""
+    quiet_tensorflow_logs()
     try:
         run(argv)
     except ConfigError as e:

@@ -23,6 +23,7 @@ import os
 import sys
 
 from configs import fileio
+from configs.cli import program_name, quiet_tensorflow_logs
 
 LABELS_FILE = os.path.join("assets.extra", "labels.json")
 SIGNATURE = "serving_default"
@@ -149,13 +150,26 @@ def run(argv=None, stdin=None, stdout=None) -> dict:
             (before any input is read).
     """
     parser = _Parser(
-        prog="python -m model.predict",
+        prog=program_name("model.predict"),
         allow_abbrev=False,
-        description="Classify sentences with a raw-string SavedModel.",
+        description="Classify sentences with a raw-string SavedModel: the "
+        "sentences given as arguments, else one per line read from stdin; one "
+        "JSON object per sentence on stdout.",
     )
-    parser.add_argument("--saved_model", required=True)
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("sentences", nargs="*")
+    parser.add_argument(
+        "--saved_model", required=True, help="a model.export SavedModel directory"
+    )
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=256,
+        help="sentences per model call (default 256)",
+    )
+    parser.add_argument(
+        "sentences",
+        nargs="*",
+        help="sentences to classify; none: read lines from stdin",
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise UsageError("--batch_size must be at least 1")
@@ -177,8 +191,8 @@ def run(argv=None, stdin=None, stdout=None) -> dict:
 
 
 def main(argv=None):
-    # Quiet TensorFlow's C++ start-up logs; stdout carries only JSON lines.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # stdout carries only JSON lines.
+    quiet_tensorflow_logs()
     try:
         counts = run(argv)
     except UsageError as e:

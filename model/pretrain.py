@@ -35,10 +35,9 @@ import time
 from configs import features, fileio
 from configs.loader import dump_config, load_config
 from configs.metadata import check_compatible, read_metadata
+from configs.cli import flag_help, program_name, quiet_tensorflow_logs
 from configs.schema import ConfigError, PretrainConfig
 from model import training
-from model.bert_backbone import ENCODER_WEIGHTS_FILE, BertBackbone
-from model.bert_pretrainer import INPUT_KEYS, METRIC_KEYS, BertPretrainer
 
 # Flags that are shorthands for `--set pretrain.<name>=<value>`.
 PRETRAIN_FLAGS = (
@@ -74,17 +73,29 @@ STRATEGY_HELP = (
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog="python -m model.pretrain", description=__doc__.split("\n")[0]
+        prog=program_name("model.pretrain"),
+        description=__doc__.split("\n")[0],
+        allow_abbrev=False,
     )
     parser.add_argument(
         "--config",
         action="append",
         default=[],
         help="YAML config (repeatable or comma-separated), e.g. "
-        "pretrain/bert_tiny.yaml",
+        "configs/pretrain/bert_tiny.yaml; applied over the schema defaults",
     )
-    parser.add_argument("--data", required=True, help="records dir or globs")
-    parser.add_argument("--model_dir", required=True, help="output directory")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="records directory (pipelines.pretraining_data --output_dir) or "
+        "comma-separated globs of TFRecord files",
+    )
+    parser.add_argument(
+        "--model_dir",
+        required=True,
+        help="output directory: checkpoints, metrics.jsonl, logs/, config.yaml, "
+        "encoder.weights.h5; a rerun resumes from its newest checkpoint",
+    )
     parser.add_argument(
         "--init_checkpoint",
         default="",
@@ -100,14 +111,14 @@ def parse_args(argv):
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
+        help="override any config field, e.g. --set model.num_layers=4 "
+        "(applied last; repeatable)",
     )
     for name in PRETRAIN_FLAGS:
-        helps = {
-            "strategy": STRATEGY_HELP,
-            "budget_minutes": "wall-clock budget: time real steps, then size "
-            "steps, warm-up and decay to end within it",
-        }
-        parser.add_argument(f"--{name}", default=None, help=helps.get(name))
+        text = flag_help(PretrainConfig, name)
+        if name == "strategy":
+            text = f"{STRATEGY_HELP} {text}"
+        parser.add_argument(f"--{name}", default=None, help=text)
     return parser.parse_args(argv)
 
 
@@ -292,6 +303,8 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint=""):
     save, finish); logging, checkpoint cadence, the wall-clock budget and
     the final outputs are the same code.
     """
+    from model.bert_backbone import ENCODER_WEIGHTS_FILE
+
     started = time.time()
     cfg = resolve_backend(cfg)
     p = cfg.pretrain
@@ -536,6 +549,8 @@ class _TensorFlowSteps:
         self._tf = tf
 
     def _build_loop(self):
+        from model.bert_pretrainer import INPUT_KEYS, METRIC_KEYS
+
         import tensorflow as tf
 
         from model.bert_pretrainer import combine_loss_terms, pretraining_loss_terms
@@ -718,6 +733,9 @@ def _build(cfg, precision, global_clipnorm=None):
     The optimizer's schedule is replaced by `reschedule` (a budget run
     sizes it only after timing steps).
     """
+    from model.bert_backbone import BertBackbone
+    from model.bert_pretrainer import BertPretrainer
+
     from model.optimization import create_optimizer
 
     p = cfg.pretrain
@@ -818,6 +836,7 @@ def _save_weights(model, path):
 
 
 def main():
+    quiet_tensorflow_logs()
     run(sys.argv[1:])
 
 

@@ -33,7 +33,7 @@ from configs.metadata import check_compatible, read_metadata
 from configs.schema import ConfigError
 
 TOKENIZE_BATCH = 256  # rows per tensorflow-text call while tokenizing
-DEFAULT_MAX_BAD_FRACTION = 0.1  # more bad rows than this: the wrong file
+DEFAULT_MAX_BAD_FRACTION = labelled_text.DEFAULT_MAX_BAD_FRACTION
 # A quoted field may span at most this many lines before the opening quote
 # is taken for a stray one (TSV is read with quoting off).
 MAX_QUOTED_LINES = 100

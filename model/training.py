@@ -22,8 +22,6 @@ import struct
 import sys
 import time
 
-import keras
-
 from configs import fileio, records
 
 METRICS_FILE = "metrics.jsonl"
@@ -103,6 +101,7 @@ def apply_gradients(optimizer, loss, tape, variables, clipnorm, num_replicas):
 
     Returns the global gradient norm (before clipping).
     """
+    import keras
     import tensorflow as tf
 
     scale = None

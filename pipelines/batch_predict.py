@@ -61,6 +61,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import TestOptions
 
 from configs import labelled_text
+from configs.cli import program_name
 from configs.schema import ConfigError
 from pipelines import corpus, options
 from pipelines.classification_data import read_header
@@ -139,26 +140,76 @@ class BatchPredictSettings:
 
 def build_parser():
     p = options.Parser(
-        prog="python -m pipelines.batch_predict",
+        prog=program_name("pipelines.batch_predict"),
         description="Score TSV/CSV/JSONL/text rows with a model.export SavedModel.",
     )
     add = p.add_argument
-    add("--saved_model", required=True, help="a model.export directory")
-    add("--input", required=True, help="glob or comma-separated globs")
-    add("--output_dir", required=True)
+    add("--saved_model", required=True, help="a model.export SavedModel directory")
+    add(
+        "--input",
+        required=True,
+        help="rows to score: TSV/CSV/JSONL/plain text, a glob or comma-separated globs",
+    )
+    add(
+        "--output_dir",
+        required=True,
+        help="directory for predictions-*.jsonl, dead letters, metrics.json, summary.json",
+    )
     add(
         "--text_column",
         default="",
         help="field with the text (default: sentence for TSV/CSV, text otherwise)",
     )
-    add("--label_column", default="", help="field with the true label: evaluate")
-    add("--long_text", default="truncate", choices=LONG_TEXT_MODES)
-    add("--min_batch_size", type=int, default=DEFAULT_MIN_BATCH_SIZE)
-    add("--max_batch_size", type=int, default=DEFAULT_MAX_BATCH_SIZE)
-    add("--max_line_bytes", type=int, default=DEFAULT_MAX_LINE_BYTES)
-    add("--num_shards", type=int, default=0, help="0 = let the runner decide")
-    add("--compression", default="none", choices=COMPRESSIONS)
-    add("--overwrite", type=options.parse_bool, nargs="?", const=True, default=False)
+    add(
+        "--label_column",
+        default="",
+        help="field with the true label: also write metrics.json (default: none)",
+    )
+    add(
+        "--long_text",
+        default="truncate",
+        choices=LONG_TEXT_MODES,
+        help="texts over max_seq_length: truncate, or average overlapping windows "
+        "(default truncate)",
+    )
+    add(
+        "--min_batch_size",
+        type=int,
+        default=DEFAULT_MIN_BATCH_SIZE,
+        help="RunInference batch lower bound (default %(default)s rows)",
+    )
+    add(
+        "--max_batch_size",
+        type=int,
+        default=DEFAULT_MAX_BATCH_SIZE,
+        help="RunInference batch upper bound (default %(default)s rows)",
+    )
+    add(
+        "--max_line_bytes",
+        type=int,
+        default=DEFAULT_MAX_LINE_BYTES,
+        help="longer rows are dead letters (default %(default)s bytes)",
+    )
+    add(
+        "--num_shards",
+        type=int,
+        default=0,
+        help="prediction shards (default 0 = let the runner decide)",
+    )
+    add(
+        "--compression",
+        default="none",
+        choices=COMPRESSIONS,
+        help="of the predictions files (default none)",
+    )
+    add(
+        "--overwrite",
+        type=options.parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="replace an earlier run's outputs (default false: refuse)",
+    )
     return p
 
 

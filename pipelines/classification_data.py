@@ -36,6 +36,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from configs import features, metadata, tokenization
+from configs.cli import program_name
 from configs.labelled_text import (  # noqa: F401 (re-exported reasons)
     BAD_COLUMNS,
     BAD_JSON,
@@ -44,6 +45,7 @@ from configs.labelled_text import (  # noqa: F401 (re-exported reasons)
     BAD_REASONS,
     BAD_UNDECODABLE,
     BAD_UNKNOWN_LABEL,
+    DEFAULT_MAX_BAD_FRACTION,
     detect_format,
     parse_row,
     sort_labels,
@@ -309,23 +311,47 @@ class TokenizeLabelledRows(beam.PTransform):
 
 
 # === Entry point ===
-DEFAULT_MAX_BAD_FRACTION = 0.1
 
 
 def _parse_flags(argv):
     parser = options.Parser(
-        prog="python -m pipelines.classification_data",
+        prog=program_name("pipelines.classification_data"),
         description="Labelled TSV/CSV/JSONL -> classification TFRecords.",
     )
     add = parser.add_argument
-    add("--input", required=True, help="file or glob")
-    add("--vocab", required=True, help="WordPiece vocab.txt")
-    add("--output_dir", required=True)
-    add("--text_column", default="sentence")
-    add("--text_b_column", default="", help="for pair tasks")
-    add("--label_column", default="label")
-    add("--labels", default="", help="comma-separated label values; empty = learn")
-    add("--max_seq_length", type=int, default=128)
+    add(
+        "--input",
+        required=True,
+        help="labelled TSV/CSV (with a header) or JSONL: file or glob",
+    )
+    add("--vocab", required=True, help="WordPiece vocab.txt (the model's)")
+    add("--output_dir", required=True, help="directory for shards + metadata.json")
+    add(
+        "--text_column",
+        default="sentence",
+        help="column/key of the text (default sentence)",
+    )
+    add(
+        "--text_b_column",
+        default="",
+        help="second text column, for pair tasks (default none)",
+    )
+    add(
+        "--label_column",
+        default="label",
+        help="column/key of the label (default label)",
+    )
+    add(
+        "--labels",
+        default="",
+        help="comma-separated label values in id order; default: learned from the file",
+    )
+    add(
+        "--max_seq_length",
+        type=int,
+        default=128,
+        help="tokens incl. [CLS]/[SEP] (default 128)",
+    )
     add(
         "--do_lower_case",
         type=options.parse_bool,
@@ -334,7 +360,12 @@ def _parse_flags(argv):
         default=True,
         help="true for uncased vocabularies (default true)",
     )
-    add("--num_shards", type=int, default=0, help="0 = let the runner decide")
+    add(
+        "--num_shards",
+        type=int,
+        default=0,
+        help="output shards (default 0 = let the runner decide)",
+    )
     add(
         "--max_bad_fraction",
         type=float,
@@ -342,7 +373,14 @@ def _parse_flags(argv):
         help="fail when more than this fraction of rows is bad (default "
         f"{DEFAULT_MAX_BAD_FRACTION}); 1 accepts any number",
     )
-    add("--overwrite", type=options.parse_bool, nargs="?", const=True, default=False)
+    add(
+        "--overwrite",
+        type=options.parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="replace a finished output (default false: refuse)",
+    )
     return parser.parse_known_args(argv)
 
 

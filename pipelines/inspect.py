@@ -18,17 +18,28 @@ import sys
 import numpy as np
 
 from configs import example_proto, features, fileio, metadata, records
+from configs.cli import program_name
 
 MAX_RECORDS = 100_000  # statistics read at most this many records
 
 
 def _parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m pipelines.inspect")
+    p = argparse.ArgumentParser(prog=program_name("pipelines.inspect"))
     p.add_argument("data_dir", help="directory with pretraining-*.tfrecord*")
     p.add_argument("--vocab", default="", help="vocab.txt (default: metadata's)")
-    p.add_argument("--num_instances", type=int, default=3)
+    p.add_argument(
+        "--num_instances",
+        type=int,
+        default=3,
+        help="instances printed as tokens (default 3)",
+    )
     p.add_argument("--histogram", default="", help="PNG path for the histogram")
-    p.add_argument("--max_records", type=int, default=MAX_RECORDS)
+    p.add_argument(
+        "--max_records",
+        type=int,
+        default=MAX_RECORDS,
+        help="records read for the statistics (default %(default)s)",
+    )
     return p.parse_args(argv)
 
 

@@ -22,7 +22,8 @@ import os
 import sys
 
 from configs import features
-from configs.schema import ConfigError, DataConfig
+from configs.cli import flag_help, program_name, quiet_tensorflow_logs
+from configs.schema import CHOICES, ConfigError, DataConfig
 from pipelines import corpus, tfrecords
 
 # The jobs raise these as options.UsageError / options.JobFailed.
@@ -40,6 +41,7 @@ def main(run, argv=None):
     """
     import logging
 
+    quiet_tensorflow_logs()
     # Beam's own INFO chatter stays hidden; our progress lines show.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("pipelines").setLevel(logging.INFO)
@@ -97,29 +99,112 @@ class PretrainingDataSettings:
 def build_parser() -> argparse.ArgumentParser:
     d = DataConfig()
     p = Parser(
-        prog="python -m pipelines.pretraining_data",
+        prog=program_name("pipelines.pretraining_data"),
         description="Raw text -> google-research/bert pretraining TFRecords.",
         allow_abbrev=False,  # a typo must not silently match one of our flags
     )
     add = p.add_argument
-    add("--input", required=True, help="glob or comma-separated globs")
-    add("--vocab", required=True, help="WordPiece vocab.txt")
+    add(
+        "--input",
+        required=True,
+        help="corpus: a glob or comma-separated globs of text, .gz or JSONL files "
+        "(blank line = document break)",
+    )
+    add(
+        "--vocab", required=True, help="WordPiece vocab.txt (pipelines.vocab or BERT's)"
+    )
     add("--output_dir", required=True, help="directory for shards + metadata")
-    add("--max_seq_length", type=int, default=d.max_seq_length)
-    add("--max_predictions_per_seq", type=int, default=d.max_predictions_per_seq)
-    add("--masked_lm_prob", type=float, default=d.masked_lm_prob)
-    add("--short_seq_prob", type=float, default=d.short_seq_prob)
-    add("--dupe_factor", type=int, default=d.dupe_factor)
-    add("--sentence_task", default=d.sentence_task, choices=features.SENTENCE_TASKS)
-    add("--whole_word_mask", type=parse_bool, nargs="?", const=True, default=False)
-    add("--do_lower_case", type=parse_bool, nargs="?", const=True, default=True)
-    add("--random_tokens", default=d.random_tokens, choices=("ordinary", "any"))
-    add("--seed", type=int, default=d.seed)
-    add("--bucket_size", type=int, default=d.bucket_size)
-    add("--num_shards", type=int, default=DEFAULT_NUM_SHARDS)
-    add("--compression", default="none", choices=tfrecords.COMPRESSIONS)
-    add("--text_field", default="text", help="JSONL field with the text")
-    add("--overwrite", type=parse_bool, nargs="?", const=True, default=False)
+    add(
+        "--max_seq_length",
+        type=int,
+        default=d.max_seq_length,
+        help=flag_help(DataConfig, "max_seq_length", set_form=False),
+    )
+    add(
+        "--max_predictions_per_seq",
+        type=int,
+        default=d.max_predictions_per_seq,
+        help=flag_help(DataConfig, "max_predictions_per_seq", set_form=False),
+    )
+    add(
+        "--masked_lm_prob",
+        type=float,
+        default=d.masked_lm_prob,
+        help=flag_help(DataConfig, "masked_lm_prob", set_form=False),
+    )
+    add(
+        "--short_seq_prob",
+        type=float,
+        default=d.short_seq_prob,
+        help=flag_help(DataConfig, "short_seq_prob", set_form=False),
+    )
+    add(
+        "--dupe_factor",
+        type=int,
+        default=d.dupe_factor,
+        help=flag_help(DataConfig, "dupe_factor", set_form=False),
+    )
+    add(
+        "--sentence_task",
+        default=d.sentence_task,
+        choices=features.SENTENCE_TASKS,
+        help=flag_help(DataConfig, "sentence_task", set_form=False),
+    )
+    add(
+        "--whole_word_mask",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help=flag_help(DataConfig, "whole_word_mask", set_form=False),
+    )
+    add(
+        "--do_lower_case",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        help=flag_help(DataConfig, "do_lower_case", set_form=False),
+    )
+    add(
+        "--random_tokens",
+        default=d.random_tokens,
+        choices=CHOICES[("DataConfig", "random_tokens")],
+        help=flag_help(DataConfig, "random_tokens", set_form=False),
+    )
+    add(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help=flag_help(DataConfig, "seed", set_form=False),
+    )
+    add(
+        "--bucket_size",
+        type=int,
+        default=d.bucket_size,
+        help=flag_help(DataConfig, "bucket_size", set_form=False),
+    )
+    add(
+        "--num_shards",
+        type=int,
+        default=DEFAULT_NUM_SHARDS,
+        help="output TFRecord shards (default %(default)s)",
+    )
+    add(
+        "--compression",
+        default="none",
+        choices=tfrecords.COMPRESSIONS,
+        help="of the shards: none, or gzip (*.tfrecord.gz) (default none)",
+    )
+    add("--text_field", default="text", help="JSONL field with the text (default text)")
+    add(
+        "--overwrite",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="replace a finished output directory (default false: refuse)",
+    )
     return p
 
 

@@ -46,6 +46,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from configs import features, metadata
+from configs.cli import program_name
 from pipelines import corpus, options, word_counts, wordpiece_vocab
 
 DEFAULT_RESERVED_TOKENS = " ".join(features.RESERVED_TOKENS)
@@ -60,13 +61,24 @@ def _fail(message: str):
 
 def _parser() -> argparse.ArgumentParser:
     parser = options.Parser(
-        prog="python -m pipelines.vocab",
+        prog=program_name("pipelines.vocab"),
         description="Learn a WordPiece vocabulary from raw corpora with Beam.",
         allow_abbrev=False,  # a misspelt flag must not silently match ours
     )
-    parser.add_argument("--input", required=True, help="glob or comma list")
-    parser.add_argument("--output", required=True, help="vocab.txt path")
-    parser.add_argument("--vocab_size", required=True, type=int)
+    parser.add_argument(
+        "--input",
+        required=True,
+        help="corpus files: a glob or comma-separated globs (text, .gz, JSONL)",
+    )
+    parser.add_argument(
+        "--output", required=True, help="vocab.txt path to write (one token a line)"
+    )
+    parser.add_argument(
+        "--vocab_size",
+        required=True,
+        type=int,
+        help="target size incl. reserved tokens (BERT: 30522; 8k-16k for tiny models)",
+    )
     parser.add_argument(
         "--do_lower_case",
         type=options.parse_bool,
@@ -80,19 +92,33 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_RESERVED_TOKENS,
         help="space- or comma-separated; [PAD] first (id 0)",
     )
-    parser.add_argument("--num_unused", type=int, default=0)
-    parser.add_argument("--min_count", type=int, default=1)
+    parser.add_argument(
+        "--num_unused",
+        type=int,
+        default=0,
+        help="[unusedN] placeholder tokens after the reserved ones (default 0)",
+    )
+    parser.add_argument(
+        "--min_count",
+        type=int,
+        default=1,
+        help="words seen fewer times are not counted (default 1)",
+    )
     parser.add_argument(
         "--max_word_length",
         type=int,
         default=word_counts.DEFAULT_MAX_WORD_LENGTH,
+        help="longer words become [UNK] (default %(default)s characters)",
     )
     parser.add_argument(
         "--max_unique_chars",
         type=int,
         default=wordpiece_vocab.DEFAULT_MAX_UNIQUE_CHARS,
+        help="most distinct characters kept as tokens (default %(default)s)",
     )
-    parser.add_argument("--text_field", default="text", help="JSONL text field")
+    parser.add_argument(
+        "--text_field", default="text", help="JSONL field with the text (default text)"
+    )
     return parser
 
 

@@ -9,6 +9,7 @@ import yaml
 
 from configs import features
 from configs.loader import dump_config, load_config, load_resolved
+from configs.metrics import accuracy_and_macro_f1
 from configs.schema import ConfigError
 from model import finetune, text_data
 from model.bert_backbone import ENCODER_WEIGHTS_FILE, BertBackbone
@@ -56,7 +57,7 @@ def _args(train, dev, model_dir, vocab_file, *extra):
 
 # === Pure pieces ===
 def test_classification_metrics():
-    m = finetune.classification_metrics([0, 0, 1, 1], [0, 1, 1, 1], 2)
+    m = accuracy_and_macro_f1([0, 0, 1, 1], [0, 1, 1, 1], 2)
     assert m["accuracy"] == pytest.approx(0.75)
     # F1(0) = 2/3, F1(1) = 4/5.
     assert m["macro_f1"] == pytest.approx((2 / 3 + 4 / 5) / 2)
