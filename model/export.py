@@ -168,7 +168,8 @@ def run(argv=None) -> str:
     parser = _Parser(
         prog=program_name("model.export"),
         allow_abbrev=False,
-        description="Fine-tuned model_dir -> raw-string SavedModel.",
+        description="A fine-tuning run -> a raw-string SavedModel; --format="
+        "huggingface: a fine-tuning or pretraining run -> a transformers directory.",
     )
     parser.add_argument(
         "--model_dir",
@@ -178,7 +179,8 @@ def run(argv=None) -> str:
     parser.add_argument(
         "--export_dir",
         required=True,
-        help="where the SavedModel goes (raw strings in; label, probabilities out)",
+        help="output directory: the SavedModel (raw strings in; label, "
+        "probabilities out) or the Hugging Face files",
     )
     parser.add_argument(
         "--max_seq_length",

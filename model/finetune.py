@@ -145,7 +145,14 @@ def _parse_flags(argv):
         help="stop when more than this fraction of a file's rows is bad "
         f"(default {DEFAULT_MAX_BAD_FRACTION}); 1 accepts any number",
     )
-    add("--set", action="append", default=[], help="section.key=value override")
+    add(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any config field, e.g. --set finetune.pooling=mean "
+        "(applied last; repeatable)",
+    )
     add("--quiet", action="store_true", help="no per-step lines")
     args, unknown = parser.parse_known_args(argv)
     if unknown:

@@ -138,3 +138,38 @@ def test_tensorflow_cpp_logs_quiet_by_default_and_user_level_kept(tmp_path):
     assert len(quiet.stderr.strip().splitlines()) == 1, quiet.stderr
     chatty = _finetune_bad_train(tmp_path, TF_CPP_MIN_LOG_LEVEL="0")
     assert len(chatty.stderr.strip().splitlines()) > 1, chatty.stderr
+
+
+def test_finetune_label_and_column_flags_set_the_config(tmp_path):
+    from configs.loader import load_config
+    from model import finetune
+
+    args, overrides = finetune._parse_flags(
+        [
+            f"--train={tmp_path}/t.tsv",
+            f"--eval={tmp_path}/d.tsv",
+            f"--model_dir={tmp_path}/run",
+            "--labels=neg, pos,1",
+            "--text_column=false",  # a string, not YAML's boolean
+            "--label_column=y",
+            "--epochs=2",
+        ]
+    )
+    ft = load_config(args.config, overrides).finetune
+    assert ft.labels == ("neg", "pos", "1")
+    assert (ft.text_column, ft.label_column, ft.epochs) == ("false", "y", 2)
+    _, none = finetune._parse_flags(
+        [f"--train={tmp_path}/t", f"--eval={tmp_path}/d", f"--model_dir={tmp_path}/r"]
+    )
+    assert load_config((), none).finetune.labels == ()  # learned from --train
+
+
+def test_readme_lists_every_console_script():
+    with open(os.path.join(ROOT, "setup.py")) as f:
+        scripts = set(re.findall(r'"(bert-[\w-]+)=', f.read()))
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    listed = readme.split("Every command is also a console script", 1)[1]
+    listed = set(re.findall(r"`(bert-[\w-]+)`", listed.split("\n\n", 1)[0]))
+    assert scripts == set(COMMANDS.values())
+    assert listed == scripts
