@@ -178,6 +178,7 @@ def keras_hub_worker(args) -> None:
     try:
         import keras
         import keras_hub
+        import tensorflow as tf
     except ImportError as e:
         sys.exit(f"error: keras-hub arm: {e}; pip install keras-hub (benchmark only)")
     x_train, y_train = _read_tsv(args.train)
@@ -194,13 +195,22 @@ def keras_hub_worker(args) -> None:
             backbone, num_classes=2, preprocessor=preprocessor
         )
         classifier.compile()  # keras-hub's defaults
+        # fit(x=list) ignores shuffle=True (keras-hub makes a tf.data
+        # pipeline of it): reshuffled each epoch here, as ours is.
+        train_ds = (
+            tf.data.Dataset.from_tensor_slices((x_train, y_train))
+            .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+            .batch(args.batch_size)
+        )
+        dev_ds = tf.data.Dataset.from_tensor_slices((x_dev, y_dev)).batch(
+            args.batch_size
+        )
         start = time.time()
         history = classifier.fit(
-            x=x_train,
-            y=y_train,
-            batch_size=args.batch_size,
+            train_ds,
             epochs=args.epochs,
-            validation_data=(x_dev, y_dev),
+            validation_data=dev_ds,
+            shuffle=False,  # shuffled above
             verbose=2,
         )
         seconds = time.time() - start
