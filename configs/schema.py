@@ -158,6 +158,9 @@ class PretrainConfig:
     backend: str = "auto"  # auto | tensorflow | jax; resolved from KERAS_BACKEND
     budget_minutes: float = 0.0  # >0: size steps + schedule to this wall budget
     warmup_fraction: float = 0.0  # >0: warm-up = this fraction of the steps
+    # Weight of the NSP/SOP loss in the training loss; 0 = masked-LM only
+    # (NSP/SOP records are still read; the sentence head is not trained).
+    sentence_loss_weight: float = 1.0
 
     def validate(self) -> None:
         _check(self.steps >= 1, "steps must be at least 1")
@@ -179,6 +182,7 @@ class PretrainConfig:
         )
         _check(self.budget_minutes >= 0, "budget_minutes must be >= 0")
         _check(0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)")
+        _check(self.sentence_loss_weight >= 0, "sentence_loss_weight must be >= 0")
 
 
 @dataclass(frozen=True)

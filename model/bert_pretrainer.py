@@ -175,7 +175,7 @@ def _mlm_loss_terms(logits, ids, weights):
     return ops.sum(token_loss * weights, axis=-1), ops.sum(correct * weights, axis=-1)
 
 
-def combine_loss_terms(sums, total_mlm_weight, total_examples):
+def combine_loss_terms(sums, total_mlm_weight, total_examples, sentence_weight=1.0):
     """Losses and metrics from summed terms.
 
     Args:
@@ -183,8 +183,11 @@ def combine_loss_terms(sums, total_mlm_weight, total_examples):
             over the examples in hand (a replica's share or all).
         total_mlm_weight: scalar, `mlm_weight` summed over the GLOBAL batch.
         total_examples: scalar, the GLOBAL batch size.
+        sentence_weight: float, the sentence loss's weight in `loss` (0 =
+            masked-LM only: the sentence head gets no gradient).
 
-    Returns dict of scalars: `loss` = `mlm_loss` + `sentence_loss` (this
+    Returns dict of scalars: `loss` = `mlm_loss` + `sentence_weight` *
+    `sentence_loss` (this
     share's contribution; replica shares add up to the global loss),
     `mlm_loss`, `sentence_loss`, `mlm_accuracy`, `sentence_accuracy`.
     """
@@ -193,7 +196,7 @@ def combine_loss_terms(sums, total_mlm_weight, total_examples):
     mlm_loss = sums["mlm_loss_sum"] / mlm_weight
     sentence_loss = sums["sentence_loss"] / examples
     return {
-        "loss": mlm_loss + sentence_loss,
+        "loss": mlm_loss + sentence_weight * sentence_loss,
         "mlm_loss": mlm_loss,
         "sentence_loss": sentence_loss,
         "mlm_accuracy": sums["mlm_correct"] / mlm_weight,
@@ -201,10 +204,10 @@ def combine_loss_terms(sums, total_mlm_weight, total_examples):
     }
 
 
-def pretraining_losses(batch, outputs):
+def pretraining_losses(batch, outputs, sentence_weight=1.0):
     """Single-device convenience: `combine_loss_terms` over this batch."""
     terms = pretraining_loss_terms(batch, outputs)
     sums = {k: ops.sum(v) for k, v in terms.items()}
     return combine_loss_terms(
-        sums, sums["mlm_weight"], ops.shape(terms["sentence_loss"])[0]
+        sums, sums["mlm_weight"], ops.shape(terms["sentence_loss"])[0], sentence_weight
     )

@@ -102,7 +102,7 @@ def shard_batches(batches, distribution):
     }
 
 
-def make_train_call(pretrainer, optimizer, *, masker=None, seed=0):
+def make_train_call(pretrainer, optimizer, *, masker=None, seed=0, sentence_weight=1.0):
     """A jitted `(state, batches, steps) -> (state, metrics)`.
 
     Args:
@@ -113,6 +113,7 @@ def make_train_call(pretrainer, optimizer, *, masker=None, seed=0):
             seed)` on the device, with a seed made of (`seed`, step), so a
             resumed run draws the masks the uninterrupted one would have.
         seed: int, the run's seed.
+        sentence_weight: float, the sentence loss's weight (0 = MLM only).
 
     The returned function takes `state = (trainable, non_trainable,
     optimizer_variables)` (lists of arrays; donated), `batches`: dict of
@@ -130,7 +131,7 @@ def make_train_call(pretrainer, optimizer, *, masker=None, seed=0):
         outputs, non_trainable = pretrainer.stateless_call(
             trainable, non_trainable, {k: batch[k] for k in INPUT_KEYS}, training=True
         )
-        losses = pretraining_losses(batch, outputs)
+        losses = pretraining_losses(batch, outputs, sentence_weight)
         return losses["loss"], (non_trainable, losses)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

@@ -206,11 +206,31 @@ def check_data(cfg, data):
                 f"model.vocabulary_size is {cfg.model.vocabulary_size}"
             )
         features.special_token_ids(vocab)
+        _check_masking_rate(cfg.data)
     if vocab_path:
         # Recorded so that `train` can copy it into model_dir, where
         # `model.finetune --init_checkpoint=model_dir` finds it.
         cfg = cfg.replace(data=dataclasses.replace(cfg.data, vocab_file=vocab_path))
     return cfg, files, meta, vocab
+
+
+def _check_masking_rate(d):
+    """Refuses a dynamic-masking rate whose masks cannot fit the slots.
+
+    A full sequence of `max_seq_length` tokens (less [CLS] and two [SEP])
+    gets `round(real * masked_lm_prob)` predictions; more than the records'
+    `max_predictions_per_seq` slots would be cut silently to that number,
+    so the rate asked for is not the rate trained.
+    """
+    real = d.max_seq_length - 3
+    wanted = round(real * d.masked_lm_prob)
+    if wanted > d.max_predictions_per_seq:
+        raise ConfigError(
+            f"data.masked_lm_prob={d.masked_lm_prob:g} needs {wanted} predictions "
+            f"for a full sequence of {d.max_seq_length} but the records have "
+            f"max_predictions_per_seq={d.max_predictions_per_seq}: lower the "
+            "rate or write records with more predictions per sequence"
+        )
 
 
 def _isdir(path):
@@ -570,7 +590,9 @@ class _TensorFlowSteps:
                         tf.distribute.ReduceOp.SUM, total_weight
                     )
                 # This replica's share: shares sum to the global-batch loss.
-                losses = combine_loss_terms(sums, total_weight, p.batch_size)
+                losses = combine_loss_terms(
+                    sums, total_weight, p.batch_size, p.sentence_loss_weight
+                )
             training.apply_gradients(
                 optimizer, losses["loss"], tape, variables, p.clipnorm, replicas
             )
@@ -677,6 +699,7 @@ class _JaxSteps:
             self.optimizer,
             masker=self.masker,
             seed=self.cfg.pretrain.seed,
+            sentence_weight=self.cfg.pretrain.sentence_loss_weight,
         )
 
     def start_input(self, start_step):
