@@ -104,6 +104,8 @@ def inspect(path: str) -> Checkpoint:
         )
     if fileio.isdir(path):
         raise ConfigError(f"{path} holds no checkpoint; {EXPECTED}")
+    if fileio.exists(path):
+        raise ConfigError(f"{path} is a file, not a checkpoint; {EXPECTED}")
     raise ConfigError(f"{path} does not exist; {EXPECTED}")
 
 

@@ -250,6 +250,10 @@ def test_a_directory_that_is_not_a_checkpoint(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ConfigError, match="holds no checkpoint; expected"):
         checkpoints.inspect(str(tmp_path))
+    with pytest.raises(ConfigError, match="notes.txt is a file, not a checkpoint"):
+        checkpoints.inspect(str(tmp_path / "notes.txt"))
+    with pytest.raises(ConfigError, match="nothing does not exist; expected"):
+        checkpoints.inspect(str(tmp_path / "nothing"))
 
 
 def test_old_names_buffers_and_a_tied_decoder_load(tmp_path):
