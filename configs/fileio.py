@@ -13,10 +13,15 @@ process leaves the old file or the new one, never a cut one.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob as _glob
 import os
 import shutil
 import uuid
+
+# errno values that mean "the filesystem is full" (quota included).
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def is_remote(path: str) -> bool:
@@ -106,10 +111,74 @@ def write_atomic(path: str, data: bytes | str) -> str:
     if parent:
         makedirs(parent)
     temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open_file(temp, "wb") as f:
-        f.write(data)
+    try:
+        with names_errors(path):
+            with open_file(temp, "wb") as f:
+                f.write(data)
+    except BaseException:
+        # A full disk or a kill mid-write: no cut temporary left behind.
+        with contextlib.suppress(Exception):
+            remove(temp)
+        raise
     rename(temp, path, overwrite=True)
     return path
+
+
+@contextlib.contextmanager
+def names_errors(path: str):
+    """Re-raises an `OSError` without a file name as one naming `path`.
+
+    `write()` and `close()` failures (a full disk) carry no file name;
+    the one-line error a user reads must say which file could not be
+    written.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+        raise
+
+
+def free_bytes(path: str) -> int | None:
+    """Free bytes on the local filesystem holding `path` (None if remote)."""
+    if is_remote(path):
+        return None
+    probe = os.path.abspath(str(path))
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    try:
+        return shutil.disk_usage(probe or "/").free
+    except OSError:
+        return None
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True for an error that says the filesystem is full (any layer's)."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        return True
+    # TensorFlow's and h5py's wrappers keep only the message.
+    return "No space left on device" in str(error) or "Disk quota" in str(error)
+
+
+def disk_full_line(error: BaseException, path: str = "") -> str:
+    """One line: which file could not be written, and the space left."""
+    target = getattr(error, "filename", None) or path
+    free = free_bytes(target) if target else None
+    room = f"; {_human(free)} free there" if free is not None else ""
+    return (
+        f"no space left on device writing {target}{room}: free space (or "
+        "use another directory) and rerun; the run resumes from its last "
+        "complete checkpoint"
+    )
+
+
+def _human(num: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num < 1024 or unit == "GiB":
+            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
+        num /= 1024
+    return f"{num} B"
 
 
 def rename(source: str, target: str, overwrite: bool = False) -> None:
@@ -127,7 +196,15 @@ def copy(source: str, target: str, overwrite: bool = False) -> None:
         return
     if not overwrite and os.path.exists(target):
         raise FileExistsError(f"{target} exists")
-    shutil.copyfile(source, target)
+    temp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with names_errors(target):
+            shutil.copyfile(source, temp)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            remove(temp)
+        raise
+    os.replace(temp, target)
 
 
 def remove(path: str) -> None:

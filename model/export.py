@@ -135,7 +135,7 @@ def load_finetuned(model_dir: str):
     """
     from model.bert_backbone import BertBackbone
     from model.bert_classifier import BertClassifier
-    from model.finetune import BEST_WEIGHTS_FILE
+    from model.finetune import BEST_WEIGHTS_FILE, EVAL_METRICS_FILE
 
     if not fileio.isdir(model_dir):
         raise ConfigError(f"--model_dir {model_dir} is not a directory")
@@ -143,6 +143,12 @@ def load_finetuned(model_dir: str):
     weights = fileio.join(model_dir, BEST_WEIGHTS_FILE)
     if not fileio.exists(weights):
         raise ConfigError(f"{model_dir} has no {BEST_WEIGHTS_FILE}: fine-tune first")
+    if not fileio.exists(fileio.join(model_dir, EVAL_METRICS_FILE)):
+        raise ConfigError(
+            f"{model_dir} has {BEST_WEIGHTS_FILE} but no {EVAL_METRICS_FILE}: "
+            "its fine-tuning run did not finish (killed, interrupted or "
+            "failed); rerun model.finetune"
+        )
     if not cfg.finetune.labels:
         raise ConfigError(f"{model_dir}/config.yaml lists no finetune.labels")
     vocab_path = cfg.data.vocab_file
@@ -198,6 +204,11 @@ def run(argv=None) -> str:
         "run (BertForSequenceClassification) or a pretraining run "
         "(BertForPreTraining)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier export in --export_dir",
+    )
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         raise ConfigError(f"unknown flag(s): {' '.join(unknown)}")
@@ -216,7 +227,16 @@ def run(argv=None) -> str:
             f"--export_dir {args.export_dir} holds files but no SavedModel; "
             "give a new or an earlier export's directory"
         )
+    if (
+        fileio.exists(fileio.join(args.export_dir, "saved_model.pb"))
+        and not args.overwrite
+    ):
+        raise ConfigError(
+            f"--export_dir {args.export_dir} holds an earlier export: pass "
+            "--overwrite to replace it, or give another --export_dir"
+        )
     classifier, cfg, vocab = load_finetuned(args.model_dir)
+    _check_finite_weights(classifier, args.model_dir)
     max_seq_length = args.max_seq_length or cfg.export.max_seq_length
     if not 8 <= max_seq_length <= cfg.model.max_sequence_length:
         raise ConfigError(
@@ -322,6 +342,20 @@ def export_huggingface(model_dir: str, export_dir: str) -> str:
         fileio.remove(old)
     print(f"exported {model_dir} -> {final_dir} (Hugging Face {what})")
     return final_dir
+
+
+def _check_finite_weights(model, model_dir):
+    """Refuses weights with NaN or infinite values (a diverged run)."""
+    import keras
+    import numpy as np
+
+    for variable in model.weights:
+        if not np.all(np.isfinite(keras.ops.convert_to_numpy(variable))):
+            raise ConfigError(
+                f"{model_dir}: weight {variable.path} holds NaN or infinite "
+                "values (the run diverged): fine-tune again with a lower "
+                "learning rate"
+            )
 
 
 class _Parser(argparse.ArgumentParser):

@@ -53,6 +53,7 @@ are the problem). Every flag, path, config and data problem is one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -154,6 +155,11 @@ def _parse_flags(argv):
         "(applied last; repeatable)",
     )
     add("--quiet", action="store_true", help="no per-step lines")
+    add(
+        "--overwrite",
+        action="store_true",
+        help="replace a finished run (one with eval_metrics.json) in --model_dir",
+    )
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         raise ConfigError(f"unknown flag(s): {' '.join(unknown)}")
@@ -396,6 +402,7 @@ def train_one(
     seed,
     run_dir,
     quiet=False,
+    signals=None,
 ):
     """One fine-tuning run (build, train, evaluate each epoch); returns its
     summary dict and writes it to `run_dir/eval_metrics.json`.
@@ -409,7 +416,7 @@ def train_one(
     import keras
 
     from model import text_data
-    from model.finetune_callbacks import EvaluateEachEpoch, Progress
+    from model.finetune_callbacks import EvaluateEachEpoch, Progress, StopOnNonFinite
     from model.optimization import create_optimizer
 
     ft = cfg.finetune
@@ -469,14 +476,18 @@ def train_one(
     )
     progress = Progress(log, log_every=max(1, steps_per_epoch // 4), quiet=quiet)
     start = time.time()
-    model.fit(
-        batches,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        callbacks=[progress, evaluate],
-        shuffle=False,  # the dataset is shuffled above, per seed
-        verbose=0,
-    )
+    # Signals are polled between steps (`StopOnNonFinite`): one line,
+    # exit 130/143; fine-tuning keeps no mid-run checkpoint, so a rerun
+    # starts the run again.
+    with signals.deferred() if signals else contextlib.nullcontext():
+        model.fit(
+            batches,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=[StopOnNonFinite(signals), progress, evaluate],
+            shuffle=False,  # the dataset is shuffled above, per seed
+            verbose=0,
+        )
     summary = {
         "seed": seed,
         "best_epoch": evaluate.best["epoch"],
@@ -498,18 +509,29 @@ def run(argv=None) -> dict:
     Raises:
         ConfigError: a flag, config, checkpoint or data problem (one line,
             before training).
+        training.Diverged: a non-finite loss (nothing of it saved).
+        training.Interrupted: SIGINT/SIGTERM.
     """
+    from model import training
+
+    with training.StopSignals() as signals:
+        return _run(argv, signals)
+
+
+def _run(argv, signals) -> dict:
     # 1. Resolve the config: flags, YAML, checkpoint, vocabulary.
     args, overrides = _parse_flags(argv)
-    from model import text_data  # TensorFlow: after --help and flag errors
+    from model import text_data, training  # TensorFlow: after --help and flag errors
 
-    cfg, init, vocab, vocab_path = resolve_config(args, overrides)
     model_dir = args.model_dir
+    _check_finished(model_dir, args.overwrite)
+    cfg, init, vocab, vocab_path = resolve_config(args, overrides)
     fileio.makedirs(model_dir)
-    # Weights a killed run was saving (temporary names: ours).
+    # What a killed or disk-full run was writing (temporary names: ours).
     for pattern in (f"tmp-*-{BEST_WEIGHTS_FILE}", f"seed_*/tmp-*-{BEST_WEIGHTS_FILE}"):
         for path in fileio.glob(fileio.join(model_dir, pattern)):
             fileio.remove(path)
+    training.clear_leftovers(model_dir)
     if init.kind == "random":
         print("encoder starts from random weights (no --init_checkpoint)")
     else:
@@ -559,6 +581,7 @@ def run(argv=None) -> dict:
             seed,
             model_dir if len(seeds) == 1 else fileio.join(model_dir, f"seed_{seed}"),
             quiet=args.quiet,
+            signals=signals,
         )
         for seed in seeds
     ]
@@ -604,14 +627,53 @@ def run(argv=None) -> dict:
     return result
 
 
+def _check_finished(model_dir, overwrite):
+    """A finished run (`eval_metrics.json`) is replaced only with --overwrite.
+
+    With it, the old result files go first, so a run that then fails
+    leaves no earlier result paired with new weights.
+    """
+    done = fileio.join(model_dir, EVAL_METRICS_FILE)
+    if not fileio.exists(done):
+        return
+    if not overwrite:
+        raise ConfigError(
+            f"--model_dir {model_dir} holds a finished fine-tuning run "
+            f"({EVAL_METRICS_FILE}): pass --overwrite to replace it, or give "
+            "another --model_dir"
+        )
+    fileio.remove(done)
+
+
 def main(argv=None):
-    """Flag, path, config and data problems: one `error:` line, exit 2."""
+    """Flag, path, config and data problems: one `error:` line, exit 2.
+
+    Divergence and a full disk: one line, exit 1. SIGINT/SIGTERM: one
+    line, exit 130/143.
+    """
     quiet_tensorflow_logs()
+    from model import training
+
     try:
         run(argv)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except training.Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except training.Interrupted as e:
+        print(
+            f"error: interrupted ({e.name}); fine-tuning keeps no mid-run "
+            "checkpoint: rerun the command to train again",
+            file=sys.stderr,
+        )
+        sys.exit(e.exit_code)
+    except Exception as e:
+        if not fileio.is_disk_full(e):
+            raise
+        print(f"error: {fileio.disk_full_line(e)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

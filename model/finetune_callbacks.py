@@ -6,14 +6,11 @@ TensorFlow) only when it trains, not for `--help` or a flag error.
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 
 import keras
 import numpy as np
 
-from configs import fileio
 from configs.metrics import accuracy_and_macro_f1
 
 
@@ -53,10 +50,9 @@ class EvaluateEachEpoch(keras.callbacks.Callback):
             self.best = dict(metrics)
             # Under a temporary name, then renamed: a run killed while
             # saving leaves the previous best whole.
-            directory, name = os.path.split(self._weights_path)
-            temp = fileio.join(directory, f"tmp-{uuid.uuid4().hex[:8]}-{name}")
-            self.model.save_weights(temp)
-            fileio.rename(temp, self._weights_path, overwrite=True)
+            from model import training
+
+            training.save_weights_atomic(self.model, self._weights_path)
         self._log.write({"kind": "eval", **metrics})
         print(
             f"  epoch {epoch + 1}: train loss {metrics['train_loss']:.4f}, "
@@ -65,6 +61,29 @@ class EvaluateEachEpoch(keras.callbacks.Callback):
             + (" (best so far, saved)" if improved else ""),
             flush=True,
         )
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops at the first non-finite loss, before the epoch's evaluation
+    could save the NaN weights as the best (`training.check_finite`).
+    SIGINT/SIGTERM received meanwhile stop here too, between steps."""
+
+    def __init__(self, signals=None):
+        super().__init__()
+        self._signals = signals
+        self.step = 0
+        self._last = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        from model import training
+
+        self.step += 1
+        loss = float((logs or {}).get("loss", 0.0))
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        training.check_finite(loss, self.step, self._last, lr)
+        self._last = (self.step, loss)
+        if self._signals is not None:
+            self._signals.raise_if_received()
 
 
 class Progress(keras.callbacks.Callback):

@@ -6,8 +6,10 @@
 Sentences come from the arguments, else from stdin (one per line, read as
 bytes and classified in batches of `--batch_size`, so input of any length
 streams). Each output line, in input order: `{"text", "label",
-"label_name" (when the export knows names), "label_value",
-"probabilities"}`. A line that is not valid UTF-8 gets a line of its own,
+"label_name" (null when the export has no names, as in batch_predict),
+"label_value", "probabilities"}`; a model whose probabilities are not
+finite (a diverged run) gets `{"line": N, "error": ...}` instead (NaN is
+not JSON). A line that is not valid UTF-8 gets a line of its own,
 `{"line": N, "error": "..."}` (N counts from 1), and every other line is
 still answered; the exit status is then 1. A bad flag, or a
 `--saved_model` that is not a SavedModel, is one `error:` line, exit 2.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import sys
 
@@ -81,9 +84,23 @@ class Predictor:
         probabilities = out["probabilities"].numpy()
         results = []
         for text, label, probs in zip(texts, labels, probabilities):
+            if not all(math.isfinite(float(p)) for p in probs):
+                # NaN is not JSON: a diverged model gets an error line.
+                results.append(
+                    {
+                        "error": "the model gave non-finite probabilities (it "
+                        "diverged in training): re-export a model that trained "
+                        "to finite losses"
+                    }
+                )
+                continue
             result = {"text": text, "label": int(label)}
-            if int(label) < len(self.label_names):
-                result["label_name"] = self.label_names[int(label)]
+            # Always present, null without names: as batch_predict writes it.
+            result["label_name"] = (
+                self.label_names[int(label)]
+                if int(label) < len(self.label_names)
+                else None
+            )
             if int(label) < len(self.labels):
                 result["label_value"] = self.labels[int(label)]
             result["probabilities"] = [round(float(p), 6) for p in probs]
@@ -135,7 +152,10 @@ def _answer(predictor, batch) -> list[dict]:
         if error is not None:
             out.append({"line": number, "error": error})
         else:
-            out.append(next(results))
+            result = next(results)
+            if "error" in result:
+                result = {"line": number, **result}
+            out.append(result)
     return out
 
 
@@ -185,7 +205,7 @@ def run(argv=None, stdin=None, stdout=None) -> dict:
     for batch in _batches(items, args.batch_size):
         for result in _answer(predictor, batch):
             counts["failed" if "error" in result else "classified"] += 1
-            stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+            stdout.write(json.dumps(result, ensure_ascii=False, allow_nan=False) + "\n")
         stdout.flush()
     return counts
 

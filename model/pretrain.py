@@ -29,7 +29,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 
 from configs import features, fileio
@@ -271,16 +270,40 @@ def _copy_vocab(cfg, model_dir):
 
 
 def run(argv=None):
+    """Pretrains; every fault a user can act on is one `error:` line.
+
+    Exit codes: 2 (via SystemExit with a message: 1) for config and data
+    problems before training; 1 for divergence and a full disk; 130/143
+    for SIGINT/SIGTERM (a checkpoint at the current step is written first,
+    so a rerun resumes there).
+    """
     args = parse_args(argv)
-    try:
-        cfg = resolve_config(args)
-        cfg = resolve_backend(cfg)
-        _check_model_dir(args.model_dir)
-        cfg = _config_from_init_checkpoint(cfg, args.init_checkpoint)
-        cfg, files, meta, vocab = check_data(cfg, args.data)
-    except (ConfigError, ValueError, OSError) as e:
-        raise SystemExit(f"error: {e}") from None
-    return train(cfg, files, args.model_dir, vocab, args.init_checkpoint)
+    with training.StopSignals() as signals:
+        try:
+            try:
+                cfg = resolve_config(args)
+                cfg = resolve_backend(cfg)
+                _check_model_dir(args.model_dir)
+                cfg = _config_from_init_checkpoint(cfg, args.init_checkpoint)
+                cfg, files, meta, vocab = check_data(cfg, args.data)
+            except (ConfigError, ValueError) as e:
+                raise SystemExit(f"error: {e}") from None
+            except OSError as e:
+                if fileio.is_disk_full(e):
+                    raise
+                raise SystemExit(f"error: {e}") from None
+            return train(
+                cfg, files, args.model_dir, vocab, args.init_checkpoint, signals
+            )
+        except training.Diverged as e:
+            raise SystemExit(f"error: {e}") from None
+        except training.Interrupted as e:
+            print(f"error: interrupted ({e.name}) {e.where}", file=sys.stderr)
+            raise SystemExit(e.exit_code) from None
+        except Exception as e:
+            if fileio.is_disk_full(e):
+                raise SystemExit(f"error: {fileio.disk_full_line(e)}") from None
+            raise
 
 
 def resolve_backend(cfg):
@@ -315,7 +338,7 @@ def _check_model_dir(model_dir):
         raise ConfigError(f"--model_dir {model_dir} is a file, not a directory")
 
 
-def train(cfg, files, model_dir, vocab=None, init_checkpoint=""):
+def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
     """Pretrains per `cfg` on record `files`; returns the last metrics dict.
 
     One loop for both backends: the backend only supplies the compiled
@@ -328,6 +351,10 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint=""):
     started = time.time()
     cfg = resolve_backend(cfg)
     p = cfg.pretrain
+    signals = signals or training.StopSignals()
+    if fileio.isdir(model_dir):
+        for path in training.clear_leftovers(model_dir):
+            print(f"removed {path} (left by a killed or failed run)", flush=True)
     steps_cls = _JaxSteps if p.backend == "jax" else _TensorFlowSteps
     runner = steps_cls(cfg, files, model_dir, vocab)
     cfg = runner.cfg  # with precision / XLA resolved
@@ -365,56 +392,84 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint=""):
     window_start, window_steps = time.time(), 0
     first_call_seconds = None
     probe = None  # (start time, start step) of the budget probe
-    while step < total_steps:
-        num = min(
-            p.steps_per_loop,
-            total_steps - step,
-            p.log_every - step % p.log_every,
-            p.save_every - step % p.save_every,
-        )
-        out = runner.run(step, num)
-        step += num
-        window_steps += num
-        if first_call_seconds is None:
-            # The first call traces (and compiles) the step: time it apart
-            # so that `examples_per_second` measures training only. One
-            # host sync, here only; later calls run ahead until a log step.
-            runner.wait(out)
-            first_call_seconds = time.time() - window_start
-            window_start, window_steps = time.time(), 0
-            probe = (time.time(), step)
-        if budgeted and _probe_done(probe, p, runner, out):
-            total_steps, warmup_steps = _fit_budget(
-                p, started, probe, step, first_call_seconds
+    last_finite = None  # (step, loss) of the last finite loss seen
+    # Signals stop the loop between compiled calls: the state is whole
+    # there, so the current step is saved (when finite) before exiting.
+    with signals.deferred():
+        while step < total_steps and signals.received is None:
+            num = min(
+                p.steps_per_loop,
+                total_steps - step,
+                p.log_every - step % p.log_every,
+                p.save_every - step % p.save_every,
             )
-            runner.reschedule(total_steps, warmup_steps)
-            progress.total_steps = total_steps
-            if runner.chief:
-                dump_config(_with_schedule(cfg, total_steps, warmup_steps), model_dir)
-            budgeted = False
-        if step % p.log_every == 0 or step >= total_steps:
-            values = {k: float(v) for k, v in runner.metrics(out).items()}
-            elapsed = time.time() - window_start
-            values["learning_rate"] = runner.learning_rate(step - 1)
-            if window_steps:
-                values["examples_per_second"] = window_steps * p.batch_size / elapsed
-            else:
-                # A window made of the first call alone: no training-only
-                # throughput to report; the tracing time is in the record.
-                values["first_call_seconds"] = first_call_seconds
-            logger.log(step, values)
-            progress.update(step, values)
-            window_start, window_steps = time.time(), 0
-        if step % p.save_every == 0 or step >= total_steps:
+            out = runner.run(step, num)
+            step += num
+            window_steps += num
+            if first_call_seconds is None:
+                # The first call traces (and compiles) the step: time it
+                # apart so that `examples_per_second` measures training
+                # only. One host sync, here only; later calls run ahead
+                # until a log or save step.
+                runner.wait(out)
+                first_call_seconds = time.time() - window_start
+                window_start, window_steps = time.time(), 0
+                probe = (time.time(), step)
+            if budgeted and _probe_done(probe, p, runner, out):
+                total_steps, warmup_steps = _fit_budget(
+                    p, started, probe, step, first_call_seconds
+                )
+                runner.reschedule(total_steps, warmup_steps)
+                progress.total_steps = total_steps
+                if runner.chief:
+                    dump_config(
+                        _with_schedule(cfg, total_steps, warmup_steps), model_dir
+                    )
+                budgeted = False
+            log_now = step % p.log_every == 0 or step >= total_steps
+            save_now = step % p.save_every == 0 or step >= total_steps
+            if log_now or save_now or signals.received is not None:
+                # Before anything is logged or saved: a NaN state is never
+                # written (checkpoint, metrics or weights).
+                loss = float(runner.metrics(out)["loss"])
+                training.check_finite(
+                    loss, step, last_finite, runner.learning_rate(step - 1)
+                )
+                last_finite = (step, loss)
+            if log_now:
+                values = {k: float(v) for k, v in runner.metrics(out).items()}
+                elapsed = time.time() - window_start
+                values["learning_rate"] = runner.learning_rate(step - 1)
+                if window_steps:
+                    values["examples_per_second"] = (
+                        window_steps * p.batch_size / elapsed
+                    )
+                else:
+                    # A window made of the first call alone: no training-only
+                    # throughput to report; the tracing time is in the record.
+                    values["first_call_seconds"] = first_call_seconds
+                logger.log(step, values)
+                progress.update(step, values)
+                window_start, window_steps = time.time(), 0
+            if save_now:
+                runner.save(step)
+                last_saved = step
+        if last_saved != step:
             runner.save(step)
-            last_saved = step
-    if last_saved != step:
-        runner.save(step)
+    if signals.received is not None:
+        interrupted = training.Interrupted(signals.received)
+        interrupted.where = (
+            f"at step {step}: checkpoint saved in {model_dir}; rerun the same "
+            "command to resume"
+        )
+        raise interrupted
 
     # === Final outputs for model.finetune ===
     if runner.chief:
         runner.finish()
-        _save_weights(runner.backbone, fileio.join(model_dir, ENCODER_WEIGHTS_FILE))
+        training.save_weights_atomic(
+            runner.backbone, fileio.join(model_dir, ENCODER_WEIGHTS_FILE)
+        )
         metrics_path = fileio.join(model_dir, training.METRICS_FILE)
         try:
             if fileio.exists(metrics_path):
@@ -846,16 +901,6 @@ def _load_init_checkpoint(path, backbone, pretrainer):
         raise SystemExit(f"error: --init_checkpoint: {e}") from None
     for note in notes:
         print(f"note: {note}", flush=True)
-
-
-def _save_weights(model, path):
-    """`save_weights` writes local h5 files; copy through fileio for gs://."""
-    if not fileio.is_remote(path):
-        model.save_weights(path)
-        return
-    local = os.path.join(tempfile.mkdtemp(), os.path.basename(path))
-    model.save_weights(local)
-    fileio.copy(local, path, overwrite=True)
 
 
 def main():

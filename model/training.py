@@ -13,14 +13,21 @@ rest on a machine without TensorFlow.
 - `MetricsLogger`: `metrics.jsonl` + TensorBoard scalars (chief only).
 - `ProgressPrinter`: one console line per log step with throughput and ETA.
 - `plot_metrics`: PNG of the loss/accuracy curves (matplotlib Agg).
+- Faults: `check_finite` (divergence), `StopSignals` (Ctrl-C / SIGTERM),
+  `save_weights_atomic` and `clear_leftovers` (full disks, killed runs).
 """
 
+import contextlib
+import glob
 import json
+import math
 import os
+import signal
 import socket
 import struct
 import sys
 import time
+import uuid
 
 from configs import fileio, records
 
@@ -170,6 +177,7 @@ class CheckpointState:
         )
         self.directory = os.path.join(model_dir, CHECKPOINT_SUBDIR)
         self.is_chief = is_chief
+        self._model, self._optimizer = model, optimizer
         write_dir = self.directory
         if not is_chief:
             write_dir = os.path.join(model_dir, ".tmp_worker", str(os.getpid()))
@@ -187,7 +195,18 @@ class CheckpointState:
 
     def save(self, step):
         self.step.assign(step)
-        path = self.manager.save(checkpoint_number=step)
+        variables = list(self._model.weights) + list(self._optimizer.variables)
+        check_free_space(self.directory, weights_bytes(variables) + (1 << 20))
+        try:
+            path = self.manager.save(checkpoint_number=step)
+        except Exception as e:
+            if fileio.is_disk_full(e):
+                import errno
+
+                raise OSError(
+                    errno.ENOSPC, "No space left on device", self.directory
+                ) from None
+            raise
         if not self.is_chief:
             fileio.remove(self.manager.directory)
         return path
@@ -232,7 +251,7 @@ class MetricsLogger:
             return
         record = {"step": int(step)}
         record.update({k: float(v) for k, v in values.items()})
-        with fileio.open_file(self.path, "a") as f:
+        with fileio.names_errors(self.path), fileio.open_file(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if isinstance(self.writer, EventFileWriter):
             self.writer.scalars(int(step), values)
@@ -279,7 +298,7 @@ class EventFileWriter:
 
     def _write(self, event_fields):
         event = b"\x09" + struct.pack("<d", time.time()) + event_fields
-        with fileio.open_file(self.path, "ab") as f:
+        with fileio.names_errors(self.path), fileio.open_file(self.path, "ab") as f:
             f.write(records.tfrecord_frame(event))
 
 
@@ -372,7 +391,183 @@ def plot_metrics(metrics_path, png_path, keys=None):
         if group:
             ax.legend()
     fig.tight_layout()
-    with fileio.open_file(png_path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    fileio.write_atomic(png_path, buffer.getvalue())
     return png_path
+
+
+# === Faults: divergence, signals, full disks, leftovers ===
+class Diverged(Exception):
+    """A non-finite loss: training stops before anything of it is saved."""
+
+
+def check_finite(loss, step, last_finite, learning_rate):
+    """Raises `Diverged` (one line) when `loss` is NaN or infinite.
+
+    Args:
+        loss: float, the loss seen at `step`.
+        step: int, the step that produced it.
+        last_finite: (step, loss) of the last finite loss seen, or None.
+        learning_rate: float, the learning rate of that step.
+
+    Bad steps are not skipped (as some trainers do, e.g. fairseq's
+    `--skip-invalid-size-inputs`): the host sees the loss only every
+    `log_every`/`steps_per_loop` steps, when the weights have already
+    taken the NaN update, so skipping would need a second copy of every
+    weight and optimizer slot on the device. float16 overflow, the one
+    benign cause, is skipped already by the loss-scale optimizer.
+    """
+    if math.isfinite(loss):
+        return
+    before = "no finite loss was seen before it"
+    if last_finite is not None:
+        before = f"last finite loss {last_finite[1]:.4g} at step {last_finite[0]}"
+    raise Diverged(
+        f"training diverged: loss {loss} at step {step} ({before}; learning "
+        f"rate {learning_rate:.3g}); nothing from this step was saved: lower "
+        "--learning_rate or raise --warmup_steps"
+    )
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM; `exit_code` is 128 + the signal number."""
+
+    def __init__(self, signum):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        self.name = signal.Signals(signum).name
+        self.where = "before training started: nothing was saved"
+        super().__init__(self.name)
+
+
+class StopSignals:
+    """SIGINT/SIGTERM handling for a training loop (preemption, Ctrl-C).
+
+    Outside `deferred()` a signal raises `Interrupted` at once. Inside, it
+    only sets `received`, which the loop polls between compiled calls to
+    save a checkpoint and stop cleanly; a second signal raises at once.
+    Installs handlers only in the main thread; restores them on exit.
+    """
+
+    def __init__(self):
+        self.received = None
+        self._deferring = False
+        self._old = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._old[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._old.items():
+            signal.signal(signum, handler)
+        return False
+
+    def _handle(self, signum, frame):
+        if self._deferring and self.received is None:
+            self.received = signum
+            return
+        raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self._deferring = True
+        try:
+            yield self
+        finally:
+            self._deferring = False
+
+    def raise_if_received(self):
+        if self.received is not None:
+            raise Interrupted(self.received)
+
+
+def weights_bytes(variables):
+    """Bytes the values of `variables` take (a lower bound of a save)."""
+    return sum(int(math.prod(v.shape)) * _itemsize(v.dtype) for v in variables)
+
+
+def _itemsize(dtype):
+    import numpy as np
+
+    return np.dtype(keras.backend.standardize_dtype(dtype)).itemsize
+
+
+def check_free_space(path, needed):
+    """Raises a disk-full OSError naming `path` when `needed` bytes do not fit.
+
+    Checked before h5py and TensorFlow write: h5py on a full disk can
+    crash the process (a segfault in the probe of issue 19), so the save
+    is not attempted when it cannot fit.
+    """
+    import errno
+
+    free = fileio.free_bytes(path)
+    if free is not None and free < needed:
+        raise OSError(errno.ENOSPC, f"needs about {needed} bytes", str(path))
+
+
+def save_weights_atomic(model, path):
+    """`model.save_weights(path)` under a temporary name, then renamed.
+
+    A full disk or a kill leaves the previous file (or none), never a cut
+    one under the final name. Remote paths are written locally and copied.
+    """
+    needed = weights_bytes(model.weights) + (1 << 20)
+    if fileio.is_remote(path):
+        import tempfile
+
+        local = os.path.join(tempfile.mkdtemp(), os.path.basename(path))
+        model.save_weights(local)
+        fileio.copy(local, path, overwrite=True)
+        return path
+    directory, name = os.path.split(str(path))
+    check_free_space(path, needed)
+    # The name must end in `.weights.h5` (Keras), hence a prefix.
+    temp = os.path.join(directory, f"tmp-{uuid.uuid4().hex[:8]}-{name}")
+    try:
+        with fileio.names_errors(path):
+            model.save_weights(temp)
+    except BaseException as e:
+        with contextlib.suppress(Exception):
+            fileio.remove(temp)
+        if fileio.is_disk_full(e) and not isinstance(e, OSError):
+            import errno
+
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from e
+        raise
+    fileio.rename(temp, path, overwrite=True)
+    return path
+
+
+# What a killed or disk-full run leaves: temporaries of `write_atomic`
+# (`*.tmp-*`), of `save_weights_atomic` (`tmp-*-*.weights.h5`) and of
+# TensorFlow's CheckpointManager (`ckpt-N_temp*`, `*.tempstate*`).
+LEFTOVER_PATTERNS = (
+    "*.tmp-*",
+    "tmp-*-*.weights.h5",
+    os.path.join("*", "tmp-*-*.weights.h5"),
+    os.path.join(CHECKPOINT_SUBDIR, "*.tmp-*"),
+    os.path.join(CHECKPOINT_SUBDIR, "*_temp*"),
+    os.path.join(CHECKPOINT_SUBDIR, "*.tempstate*"),
+)
+
+
+def clear_leftovers(model_dir):
+    """Removes what a killed or failed run left in local `model_dir`."""
+    if fileio.is_remote(model_dir) or not os.path.isdir(model_dir):
+        return []
+    removed = []
+    for pattern in LEFTOVER_PATTERNS:
+        for path in glob.glob(os.path.join(model_dir, pattern)):
+            fileio.remove(path)
+            removed.append(path)
+    return removed

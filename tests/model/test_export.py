@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 from configs import features
+from configs.schema import ConfigError
 from model import export, finetune, predict
 from model.text_data import TextPacker, to_model_inputs
 
@@ -382,7 +383,15 @@ def test_export_is_renamed_into_place_and_clears_killed_exports(exported, tmp_pa
 
     shutil.copytree(exported["export_dir"], serving)  # an earlier export
     (serving / "stale.txt").write_text("from the earlier export")
-    export.run([f"--model_dir={exported['model_dir']}", f"--export_dir={serving}"])
+    with pytest.raises(ConfigError, match="--overwrite"):
+        export.run([f"--model_dir={exported['model_dir']}", f"--export_dir={serving}"])
+    export.run(
+        [
+            f"--model_dir={exported['model_dir']}",
+            f"--export_dir={serving}",
+            "--overwrite",
+        ]
+    )
     assert not (serving / "stale.txt").exists()  # replaced whole
     assert sorted(os.listdir(tmp_path)) == ["serving"]
     assert tf.saved_model.contains_saved_model(str(serving))
@@ -391,3 +400,57 @@ def test_export_is_renamed_into_place_and_clears_killed_exports(exported, tmp_pa
         "classified": 1,
         "failed": 0,
     }
+
+
+def test_nan_weights_are_refused_by_export_and_never_printed(exported, tmp_path):
+    import shutil
+
+    from model import training
+
+    # A fine-tuning run whose weights went NaN (as a diverged run's would).
+    model_dir = tmp_path / "diverged"
+    shutil.copytree(exported["model_dir"], model_dir)
+    classifier, cfg, vocab = export.load_finetuned(str(model_dir))
+    weight = classifier.weights[0]
+    weight.assign(np.full(weight.shape, np.nan, weight.dtype))
+    training.save_weights_atomic(classifier, str(model_dir / "best.weights.h5"))
+    with pytest.raises(ConfigError, match="holds NaN or infinite values"):
+        export.run([f"--model_dir={model_dir}", f"--export_dir={tmp_path}/x"])
+    assert not (tmp_path / "x").exists()
+    # Such a SavedModel (written past the check) never makes predict print NaN.
+    serving = export.export_classifier(
+        classifier,
+        str(tmp_path / "nan_serving"),
+        vocab=vocab,
+        do_lower_case=True,
+        max_seq_length=16,
+        labels=["0", "1"],
+    )
+    out = io.StringIO()
+    counts = predict.run([f"--saved_model={serving}", "a good film"], stdout=out)
+    assert counts == {"classified": 0, "failed": 1}
+    (line,) = [json.loads(l) for l in out.getvalue().splitlines()]
+    assert line["line"] == 1 and "non-finite probabilities" in line["error"]
+
+
+def test_export_from_an_unfinished_finetuning_run_says_so(exported, tmp_path):
+    import shutil
+
+    model_dir = tmp_path / "killed"
+    shutil.copytree(exported["model_dir"], model_dir)
+    os.remove(model_dir / finetune.EVAL_METRICS_FILE)
+    with pytest.raises(ConfigError, match="fine-tuning run did not finish"):
+        export.run([f"--model_dir={model_dir}", f"--export_dir={tmp_path}/x"])
+
+
+def test_predict_label_name_is_null_without_names(exported, tmp_path):
+    import shutil
+
+    serving = tmp_path / "serving"
+    shutil.copytree(exported["export_dir"], serving)
+    labels = serving / "assets.extra" / "labels.json"
+    info = json.loads(labels.read_text())
+    labels.write_text(json.dumps(dict(info, label_names=[])))
+    out = io.StringIO()
+    predict.run([f"--saved_model={serving}", "good"], stdout=out)
+    assert json.loads(out.getvalue())["label_name"] is None

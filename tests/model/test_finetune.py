@@ -454,3 +454,37 @@ def test_finetune_and_export_on_ram_filesystem(tmp_path, sst_files, vocab_file):
         assert tf.io.gfile.exists(f"{ram}/ft/{name}"), name
     export.run([f"--model_dir={ram}/ft", f"--export_dir={ram}/serving"])
     assert tf.saved_model.contains_saved_model(f"{ram}/serving")
+
+
+def test_diverging_finetuning_stops_and_saves_no_best_weights(
+    tmp_path, sst_files, vocab_file, capsys
+):
+    model_dir = tmp_path / "ft"
+    argv = _args(
+        *sst_files, model_dir, vocab_file, "--max_steps=6", "--learning_rate=1e9"
+    )
+    with pytest.raises(SystemExit) as e:
+        finetune.main(argv + ["--set=finetune.warmup_proportion=0.0"])
+    assert e.value.code == 1
+    (line,) = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert line.startswith("error: training diverged: loss "), line
+    assert "learning rate" in line
+    assert not (model_dir / finetune.BEST_WEIGHTS_FILE).exists()
+    assert not (model_dir / finetune.EVAL_METRICS_FILE).exists()
+
+
+def test_finished_run_is_replaced_only_with_overwrite(
+    tmp_path, sst_files, vocab_file, capsys
+):
+    model_dir = tmp_path / "ft"
+    argv = _args(*sst_files, model_dir, vocab_file, "--max_steps=1", "--quiet")
+    finetune.run(argv)
+    before = (model_dir / finetune.EVAL_METRICS_FILE).read_text()
+    with pytest.raises(SystemExit) as e:
+        finetune.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds a finished fine-tuning run" in err and "--overwrite" in err
+    assert (model_dir / finetune.EVAL_METRICS_FILE).read_text() == before
+    finetune.run(argv + ["--overwrite"])
+    assert (model_dir / finetune.EVAL_METRICS_FILE).exists()
