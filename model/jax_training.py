@@ -18,6 +18,7 @@ the all-reduce): the same numbers as one device, by construction.
 
 import io
 import re
+import zipfile
 
 import keras
 import numpy as np
@@ -175,6 +176,12 @@ def assign_state(pretrainer, optimizer, state):
             variable.assign(value)
 
 
+def _read_npz(path):
+    """Every array of an `.npz` file, read (and CRC-checked) now."""
+    with np.load(io.BytesIO(fileio.read_bytes(path))) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
 class CheckpointFiles:
     """`model_dir/checkpoints/ckpt-<step>.npz`: every model and optimizer
     variable by path, plus the step; the newest `keep` are kept.
@@ -209,28 +216,54 @@ class CheckpointFiles:
         return sorted(int(m.group(1)) for m in found if m)
 
     def restore(self):
-        """Loads the newest checkpoint; returns (step, path) or (0, None)."""
-        steps = self._steps()
-        if not steps:
-            return 0, None
-        path = fileio.join(self.directory, f"ckpt-{steps[-1]}.npz")
-        with np.load(io.BytesIO(fileio.read_bytes(path))) as arrays:
-            named = self._variables()
-            missing = [n for n, _ in named if n not in arrays.files]
-            if missing:
-                raise ValueError(
-                    f"{path} does not match this model: no {missing[0]} "
-                    f"(and {len(missing) - 1} more)"
+        """Loads the newest intact checkpoint; returns (step, path) or (0, None).
+
+        A damaged newest file (cut short, not a zip, a bad member) is named
+        in one line and the next older one is tried; when none can be read,
+        `CheckpointError` refuses to start over the run's history.
+        """
+        from model.training import CheckpointError
+
+        damaged = []
+        for step in reversed(self._steps()):
+            path = fileio.join(self.directory, f"ckpt-{step}.npz")
+            try:
+                arrays = _read_npz(path)
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+                reason = f"{type(e).__name__}: {str(e).strip()[:160]}"
+                print(f"checkpoint {path} is damaged ({reason})", flush=True)
+                damaged.append(path)
+                continue
+            if damaged:
+                print(
+                    f"falling back to {path}, the newest intact checkpoint",
+                    flush=True,
                 )
-            for name, variable in named:
-                value = arrays[name]
-                if tuple(value.shape) != tuple(variable.shape):
-                    raise ValueError(
-                        f"{path}: {name} has shape {value.shape}, the model "
-                        f"{tuple(variable.shape)}"
-                    )
-                variable.assign(value)
-            return int(arrays["step"]), path
+            return self._assign(path, arrays), path
+        if damaged:
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} can be read (newest "
+                f"{damaged[0]}): pass --overwrite to start the run again"
+            )
+        return 0, None
+
+    def _assign(self, path, arrays):
+        named = self._variables()
+        missing = [n for n, _ in named if n not in arrays]
+        if missing:
+            raise ValueError(
+                f"{path} does not match this model: no {missing[0]} "
+                f"(and {len(missing) - 1} more)"
+            )
+        for name, variable in named:
+            value = arrays[name]
+            if tuple(value.shape) != tuple(variable.shape):
+                raise ValueError(
+                    f"{path}: {name} has shape {value.shape}, the model "
+                    f"{tuple(variable.shape)}"
+                )
+            variable.assign(value)
+        return int(arrays["step"])
 
     def save(self, step, state):
         """Writes `state` (as from `initial_state`) as the step's checkpoint.

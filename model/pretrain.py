@@ -35,7 +35,7 @@ from configs import features, fileio
 from configs.loader import dump_config, load_config
 from configs.metadata import check_compatible, read_metadata
 from configs.cli import flag_help, program_name, quiet_tensorflow_logs
-from configs.schema import ConfigError, PretrainConfig
+from configs.schema import ConfigError, ModelConfig, PretrainConfig
 from model import training
 
 # Flags that are shorthands for `--set pretrain.<name>=<value>`.
@@ -105,6 +105,13 @@ def parse_args(argv):
         "(ignored when model_dir already has checkpoints)",
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over: delete the earlier run's checkpoints, metrics and "
+        "weights in --model_dir (without it a run resumes, or is refused "
+        "when its history cannot be resumed)",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -136,7 +143,30 @@ def resolve_config(args):
     return load_config(paths, overrides + list(args.overrides))
 
 
-def check_data(cfg, data):
+# A value no one sets: `vocabulary_size_is_set` resolves the config on a
+# base holding it to see whether a YAML file or `--set` changed it.
+_UNSET_VOCABULARY_SIZE = 2**31 - 1
+
+
+def vocabulary_size_is_set(args):
+    """True when a `--config` file or `--set` gives `model.vocabulary_size`.
+
+    Otherwise the size comes from the records' metadata (or their vocab
+    file, or the run's checkpoint), so records made with one's own
+    vocabulary train without knowing the setting.
+    """
+    from configs.schema import ExperimentConfig
+
+    base = ExperimentConfig()
+    base = base.replace(
+        model=dataclasses.replace(base.model, vocabulary_size=_UNSET_VOCABULARY_SIZE)
+    )
+    paths = [p for item in args.config for p in item.split(",") if p]
+    probe = load_config(paths, list(args.overrides), base=base)
+    return probe.model.vocabulary_size != _UNSET_VOCABULARY_SIZE
+
+
+def check_data(cfg, data, vocabulary_size_set=True, model_dir=""):
     """Checks records against the config; returns (cfg, files, meta, vocab).
 
     Raises ConfigError / ValueError with one line on any mismatch, before
@@ -165,16 +195,29 @@ def check_data(cfg, data):
             )
     vocab_path = _find_vocab(cfg, data_dir, meta)
     vocab_sha = features.vocab_sha256(vocab_path) if cfg.data.vocab_file else None
+    if not vocabulary_size_set:
+        cfg = _vocabulary_size_from_data(cfg, meta, vocab_path, model_dir)
     if meta is not None:
-        check_compatible(
-            meta,
-            kind="pretraining",
-            max_seq_length=cfg.data.max_seq_length,
-            max_predictions_per_seq=cfg.data.max_predictions_per_seq,
-            vocabulary_size=cfg.model.vocabulary_size,
-            vocab_sha256=vocab_sha,
-            max_sequence_length=cfg.model.max_sequence_length,
-        )
+        try:
+            check_compatible(
+                meta,
+                kind="pretraining",
+                max_seq_length=cfg.data.max_seq_length,
+                max_predictions_per_seq=cfg.data.max_predictions_per_seq,
+                vocabulary_size=cfg.model.vocabulary_size,
+                vocab_sha256=vocab_sha,
+                max_sequence_length=cfg.model.max_sequence_length,
+            )
+        except ConfigError as e:
+            size = meta.get("vocab_size")
+            if size is None or size == cfg.model.vocabulary_size:
+                raise
+            raise ConfigError(
+                f"{e} (model.vocabulary_size is set to "
+                f"{cfg.model.vocabulary_size} by a --config or --set: drop it "
+                f"to take the records' size, or pass --set "
+                f"model.vocabulary_size={size})"
+            ) from None
     else:
         seq, pred = data_lib.first_record_lengths(files)
         print(
@@ -232,6 +275,75 @@ def _check_masking_rate(d):
         )
 
 
+def _vocabulary_size_from_data(cfg, meta, vocab_path, model_dir):
+    """`cfg` with `model.vocabulary_size` taken from what the records say:
+    their metadata, else their vocabulary file, else the run's config."""
+    size, source = None, ""
+    if meta is not None and meta.get("vocab_size"):
+        size, source = int(meta["vocab_size"]), features.METADATA_FILE
+    elif vocab_path:
+        size, source = len(features.read_vocab(vocab_path)), vocab_path
+    elif model_dir and fileio.exists(fileio.join(model_dir, "config.yaml")):
+        from configs.loader import load_resolved
+
+        size = load_resolved(model_dir).model.vocabulary_size
+        source = fileio.join(model_dir, "config.yaml")
+    if size is None:
+        size, source = ModelConfig().vocabulary_size, "the default"
+    if size != ModelConfig().vocabulary_size:
+        print(f"model.vocabulary_size {size} (from {source})", flush=True)
+    return cfg.replace(
+        model=dataclasses.replace(cfg.model, vocabulary_size=size)
+    ).validate()
+
+
+def check_resumable(cfg, model_dir, overwrite):
+    """Checks `model_dir`'s history before anything is built.
+
+    With `overwrite` the earlier run's files go (checkpoints, metrics,
+    logs, weights). Without it, a run with checkpoints resumes, so its
+    `config.yaml` must describe the same model: a setting that differs
+    (a model size, the vocabulary) is one line naming it, not a shape
+    traceback from the restore.
+    """
+    from configs.loader import RESOLVED_CONFIG_FILE, load_resolved
+    from model.bert_backbone import ENCODER_WEIGHTS_FILE
+
+    if not fileio.isdir(model_dir):
+        return
+    if overwrite:
+        names = (
+            training.CHECKPOINT_SUBDIR,
+            training.METRICS_FILE,
+            training.PLOT_FILE,
+            training.TENSORBOARD_SUBDIR,
+            ENCODER_WEIGHTS_FILE,
+            RESOLVED_CONFIG_FILE,
+        )
+        removed = [n for n in names if fileio.exists(fileio.join(model_dir, n))]
+        for name in removed:
+            fileio.remove(fileio.join(model_dir, name))
+        if removed:
+            print(f"--overwrite: removed the earlier run in {model_dir}", flush=True)
+        return
+    checkpoints = fileio.join(model_dir, training.CHECKPOINT_SUBDIR)
+    config_path = fileio.join(model_dir, RESOLVED_CONFIG_FILE)
+    if not (fileio.isdir(checkpoints) and fileio.listdir(checkpoints)):
+        return
+    if not fileio.exists(config_path):
+        return
+    recorded = load_resolved(model_dir).model
+    for field in dataclasses.fields(recorded):
+        here, there = getattr(cfg.model, field.name), getattr(recorded, field.name)
+        if here != there:
+            raise ConfigError(
+                f"model.{field.name} is {here} here but {there} in "
+                f"{config_path}, which this run's checkpoints were trained "
+                f"with: drop the setting (or --set model.{field.name}={there}) "
+                "to resume, or pass another --model_dir or --overwrite"
+            )
+
+
 def _isdir(path):
     return fileio.isdir(path)
 
@@ -285,8 +397,16 @@ def run(argv=None):
                 cfg = resolve_backend(cfg)
                 _check_model_dir(args.model_dir)
                 cfg = _config_from_init_checkpoint(cfg, args.init_checkpoint)
-                cfg, files, meta, vocab = check_data(cfg, args.data)
-            except (ConfigError, ValueError) as e:
+                cfg, files, meta, vocab = check_data(
+                    cfg,
+                    args.data,
+                    # An --init_checkpoint's size replaced the config's above.
+                    vocabulary_size_set=bool(args.init_checkpoint)
+                    or vocabulary_size_is_set(args),
+                    model_dir=args.model_dir,
+                )
+                check_resumable(cfg, args.model_dir, args.overwrite)
+            except (ConfigError, ValueError, training.CheckpointError) as e:
                 raise SystemExit(f"error: {e}") from None
             except OSError as e:
                 if fileio.is_disk_full(e):
@@ -295,7 +415,7 @@ def run(argv=None):
             return train(
                 cfg, files, args.model_dir, vocab, args.init_checkpoint, signals
             )
-        except training.Diverged as e:
+        except (training.Diverged, training.CheckpointError) as e:
             raise SystemExit(f"error: {e}") from None
         except training.Interrupted as e:
             print(f"error: interrupted ({e.name}) {e.where}", file=sys.stderr)
@@ -367,6 +487,14 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
         runner.reload_state()
         print(f"initialized from {init_checkpoint}", flush=True)
     total_steps, warmup_steps = p.steps, _warmup_steps(p, p.steps)
+    if warmup_steps > total_steps and not p.budget_minutes > 0:
+        print(
+            f"note: warmup_steps {warmup_steps} exceeds steps {total_steps}: "
+            f"warm-up capped at {total_steps} steps (the learning rate peaks "
+            "at the last step; lower --warmup_steps to leave room for decay)",
+            flush=True,
+        )
+        warmup_steps = total_steps
     budgeted = p.budget_minutes > 0
     if budgeted and start_step > 0:
         # A resumed budget run keeps the schedule its first part fixed.
@@ -454,7 +582,11 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
             if save_now:
                 runner.save(step)
                 last_saved = step
-        if last_saved != step:
+        if last_saved != step:  # a signal stopped the loop between saves
+            loss = float(runner.metrics(out)["loss"])
+            training.check_finite(
+                loss, step, last_finite, runner.learning_rate(step - 1)
+            )
             runner.save(step)
     if signals.received is not None:
         interrupted = training.Interrupted(signals.received)

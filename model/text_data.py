@@ -122,14 +122,15 @@ def read_labelled_file(
             raise ConfigError(f"{path}: empty file")
         header = lines[0].decode("utf-8-sig", errors="replace").rstrip("\r")
         columns = [c.strip() for c in labelled_text.split_line(header, fmt)]
-        needed = [text_column, label_column] + (
-            [text_b_column] if text_b_column else []
-        )
-        for name in needed:
+        needed = [("text_column", text_column), ("label_column", label_column)]
+        if text_b_column:
+            needed.append(("text_b_column", text_b_column))
+        for setting, name in needed:
             if name not in columns:
                 raise ConfigError(
                     f"{path}: column {name!r} is not in the header "
-                    f"(columns: {', '.join(columns)})"
+                    f"(columns: {', '.join(columns)}): set the one to use "
+                    f"with --set finetune.{setting}=NAME"
                 )
         first = 1
     rows = LabelledRows(path, [], [] if text_b_column else None, [], [])

@@ -177,21 +177,80 @@ class CheckpointState:
         )
         self.directory = os.path.join(model_dir, CHECKPOINT_SUBDIR)
         self.is_chief = is_chief
+        self.keep = keep
         self._model, self._optimizer = model, optimizer
-        write_dir = self.directory
+        self._write_dir = self.directory
         if not is_chief:
-            write_dir = os.path.join(model_dir, ".tmp_worker", str(os.getpid()))
+            self._write_dir = os.path.join(model_dir, ".tmp_worker", str(os.getpid()))
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, write_dir, max_to_keep=keep
+            self.checkpoint, self._write_dir, max_to_keep=keep
         )
 
     def restore(self):
+        """Loads the newest intact checkpoint; returns (step, prefix or None).
+
+        Checkpoints are found by their files (`ckpt-N.index`), not only by
+        the `checkpoint` index file, so a deleted index resumes from what
+        exists. A damaged newest checkpoint (cut short, unreadable) is
+        named in one line and the next older one is tried; when none
+        loads, `CheckpointError` refuses to start over the run's history.
+        """
         import tensorflow as tf
 
-        latest = tf.train.latest_checkpoint(self.directory)
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-        return int(self.step.numpy()), latest
+        state = tf.train.get_checkpoint_state(self.directory)
+        listed = list(state.all_model_checkpoint_paths) if state else []
+        found = {
+            p[: -len(".index")]
+            for p in glob.glob(os.path.join(self.directory, "ckpt-*.index"))
+        }
+        prefixes = sorted(
+            found | {os.path.join(self.directory, os.path.basename(p)) for p in listed},
+            key=_checkpoint_number,
+            reverse=True,
+        )
+        if not prefixes:
+            return 0, None
+        if state is None:
+            print(
+                f"note: {self.directory}/checkpoint (the index) is missing: "
+                f"resuming from the checkpoint files found ({len(prefixes)})",
+                flush=True,
+            )
+        damaged = []
+        for prefix in prefixes:
+            try:
+                self.checkpoint.restore(prefix).assert_existing_objects_matched()
+            except (tf.errors.OpError, ValueError, IndexError, AssertionError) as e:
+                reason = _first_line(e)
+                print(f"checkpoint {prefix} is damaged ({reason})", flush=True)
+                damaged.append(prefix)
+                continue
+            if damaged:
+                print(
+                    f"falling back to {prefix}, the newest intact checkpoint",
+                    flush=True,
+                )
+            if self.is_chief and (damaged or state is None):
+                self._rebuild_index(prefix, [p for p in prefixes if p not in damaged])
+            return int(self.step.numpy()), prefix
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} can be read (newest "
+            f"{damaged[0]}): pass --overwrite to start the run again"
+        )
+
+    def _rebuild_index(self, latest, intact):
+        """Writes the `checkpoint` index for the intact checkpoints, so the
+        manager keeps and deletes them as if the index had never broken."""
+        import tensorflow as tf
+
+        tf.compat.v1.train.update_checkpoint_state(
+            self.directory,
+            latest,
+            all_model_checkpoint_paths=sorted(intact, key=_checkpoint_number),
+        )
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, self._write_dir, max_to_keep=self.keep
+        )
 
     def save(self, step):
         self.step.assign(step)
@@ -210,6 +269,22 @@ class CheckpointState:
         if not self.is_chief:
             fileio.remove(self.manager.directory)
         return path
+
+
+class CheckpointError(Exception):
+    """No checkpoint of a run's history can be restored (one line)."""
+
+
+def _checkpoint_number(prefix):
+    try:
+        return int(os.path.basename(str(prefix)).split("-")[-1].split(".")[0])
+    except ValueError:
+        return -1
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:200]
 
 
 class MetricsLogger:
