@@ -512,15 +512,15 @@ def run(argv=None) -> dict:
         training.Diverged: a non-finite loss (nothing of it saved).
         training.Interrupted: SIGINT/SIGTERM.
     """
-    from model import training
-
-    with training.StopSignals() as signals:
-        return _run(argv, signals)
-
-
-def _run(argv, signals) -> dict:
     # 1. Resolve the config: flags, YAML, checkpoint, vocabulary.
     args, overrides = _parse_flags(argv)
+    from model import training  # after --help and flag errors
+
+    with training.StopSignals() as signals:
+        return _run(args, overrides, signals)
+
+
+def _run(args, overrides, signals) -> dict:
     from model import text_data, training  # TensorFlow: after --help and flag errors
 
     model_dir = args.model_dir
@@ -652,24 +652,24 @@ def main(argv=None):
     line, exit 130/143.
     """
     quiet_tensorflow_logs()
-    from model import training
-
     try:
         run(argv)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except training.Diverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except training.Interrupted as e:
-        print(
-            f"error: interrupted ({e.name}); fine-tuning keeps no mid-run "
-            "checkpoint: rerun the command to train again",
-            file=sys.stderr,
-        )
-        sys.exit(e.exit_code)
     except Exception as e:
+        from model import training  # loaded by now: run got past the flags
+
+        if isinstance(e, training.Diverged):
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        if isinstance(e, training.Interrupted):
+            print(
+                f"error: interrupted ({e.name}); fine-tuning keeps no mid-run "
+                "checkpoint: rerun the command to train again",
+                file=sys.stderr,
+            )
+            sys.exit(e.exit_code)
         if not fileio.is_disk_full(e):
             raise
         print(f"error: {fileio.disk_full_line(e)}", file=sys.stderr)

@@ -571,6 +571,7 @@ def weights_bytes(variables):
 
 
 def _itemsize(dtype):
+    import keras
     import numpy as np
 
     return np.dtype(keras.backend.standardize_dtype(dtype)).itemsize
