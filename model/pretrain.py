@@ -329,6 +329,15 @@ def check_resumable(cfg, model_dir, overwrite):
     checkpoints = fileio.join(model_dir, training.CHECKPOINT_SUBDIR)
     config_path = fileio.join(model_dir, RESOLVED_CONFIG_FILE)
     if not (fileio.isdir(checkpoints) and fileio.listdir(checkpoints)):
+        # A finished run whose checkpoints are gone: starting again would
+        # replace its weights and metrics. (A run that died before its
+        # first checkpoint has nothing to resume: it starts again.)
+        if fileio.exists(fileio.join(model_dir, ENCODER_WEIGHTS_FILE)):
+            raise ConfigError(
+                f"--model_dir {model_dir} holds a finished run "
+                f"({ENCODER_WEIGHTS_FILE}) but no checkpoints to resume: "
+                "pass --overwrite to train it again, or give another --model_dir"
+            )
         return
     if not fileio.exists(config_path):
         return

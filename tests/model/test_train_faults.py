@@ -8,6 +8,8 @@ small tmpfs for the full disk.
 
 import json
 import os
+import re
+import re
 import signal
 import subprocess
 import sys
@@ -52,7 +54,8 @@ def test_tf_pretraining_stops_at_the_first_non_finite_loss(records_dir, tmp_path
     with pytest.raises(SystemExit) as e:
         pretrain.run(argv)
     line = str(e.value)
-    assert line.startswith("error: training diverged: loss nan at step "), line
+    # nan, or inf when the loss overflows before it turns nan.
+    assert re.match(r"error: training diverged: loss (nan|-?inf) at step ", line), line
     assert "last finite loss" in line and "; learning rate " in line
     assert "\n" not in line
     step = int(line.split("at step ")[1].split()[0])
@@ -322,8 +325,21 @@ def test_jax_pretraining_stops_at_the_first_non_finite_loss(records_dir, tmp_pat
     )
     assert out.returncode == 1, out.stderr[-2000:]
     (line,) = [l for l in out.stderr.splitlines() if l.startswith("error: ")]
-    assert line.startswith("error: training diverged: loss nan at step "), line
+    assert re.match(r"error: training diverged: loss (nan|inf|-inf) at step ", line), line
     step = int(line.split("at step ")[1].split()[0])
     assert not os.path.exists(os.path.join(model_dir, "encoder.weights.h5"))
     names = os.listdir(os.path.join(model_dir, "checkpoints"))
     assert all(int(n[5:].split(".")[0]) < step for n in names), names
+
+
+def test_finished_run_without_checkpoints_is_not_restarted_over(records_dir, tmp_path):
+    import shutil
+
+    model_dir = str(tmp_path / "run")
+    pretrain.run(_tiny_run(records_dir, model_dir, steps=2))
+    shutil.rmtree(os.path.join(model_dir, "checkpoints"))
+    with pytest.raises(SystemExit) as e:
+        pretrain.run(_tiny_run(records_dir, model_dir, steps=2))
+    line = str(e.value)
+    assert "holds a finished run (encoder.weights.h5) but no checkpoints" in line
+    assert "--overwrite" in line and _steps_logged(model_dir) == [1, 2]
