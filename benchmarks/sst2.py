@@ -29,6 +29,17 @@ What it measures (all on this machine, in one run):
    from the pretrained encoder and `--seeds` from random init, same
    hyper-parameters; dev accuracy mean ± std (best epoch of each run).
 
+`--budgets=5,15,30,60` is the "lift versus budget" table (issue 18): the
+data job once, random init fine-tuned once (`--seeds` seeds), then per
+budget `model.pretrain --config=MODEL --config=RECIPE --budget_minutes=B`
+(RECIPE: `--recipe`, default `configs/pretrain/budget.yaml`; `--recipe=none`
+is the old recipe: `--pretrain_lr`, `--pretrain_masking`, NSP) and the same
+fine-tuning from it; each row gives the last logged MLM accuracy and the dev
+accuracy median [min, max] over seeds against random init and TF-IDF:
+
+    .venv/bin/python benchmarks/sst2.py --model=pretrain/bert_tiny.yaml \
+        --budgets=5,15,30,60 --seeds=5 --out_dir=/tmp/bench_budget
+
 `--combine=DIR1,DIR2,...` prints one table over earlier runs (e.g. one
 `--out_dir` per `--learning_rate`) and the lift with each arm at its own
 best learning rate.
@@ -76,6 +87,17 @@ def _flags(argv=None):
         action="store_true",
         help="reduced budget (corpus-small, 300 pretraining steps, 1 epoch): "
         "a smoke run whose numbers are NOT the benchmark",
+    )
+    p.add_argument(
+        "--budgets",
+        default="",
+        help="comma-separated pretraining budgets in minutes: the lift-versus-"
+        "budget table (one pretraining per budget, one random-init arm)",
+    )
+    p.add_argument(
+        "--recipe",
+        default="configs/pretrain/budget.yaml",
+        help="overrides config for --budgets runs; 'none' = the old recipe",
     )
     p.add_argument("--skip_pretrain", action="store_true", help="reuse out_dir")
     p.add_argument(
@@ -159,12 +181,11 @@ def tfidf_baseline(train, dev) -> dict:
     }
 
 
-def pretrain(args) -> dict:
-    from model import pretrain as pretrain_lib
+def pretraining_records(args) -> tuple:
+    """The data job (once per out_dir); returns (records dir, seconds)."""
     from pipelines import pretraining_data
 
     records = os.path.join(args.out_dir, "pretraining_records")
-    model_dir = os.path.join(args.out_dir, "pretrain")
     start = time.time()
     pretraining_data.run(
         [
@@ -178,29 +199,99 @@ def pretrain(args) -> dict:
             "--overwrite",
         ]
     )
-    data_seconds = time.time() - start
+    return records, time.time() - start
+
+
+def pretrain(args, records=None, budget_minutes=0.0, name="pretrain") -> dict:
+    """`model.pretrain` for `--pretrain_steps`, or to `budget_minutes` with
+    `--recipe` over `--model` (then `--pretrain_steps` is only a cap)."""
+    from model import pretrain as pretrain_lib
+
+    data_seconds = 0.0
+    if records is None:
+        records, data_seconds = pretraining_records(args)
+    model_dir = os.path.join(args.out_dir, name)
+    recipe = budget_minutes > 0 and args.recipe != "none"
+    steps = args.pretrain_steps if not budget_minutes else 10**7
     start = time.time()
     pretrain_lib.run(
-        [
-            f"--config={args.model}",
+        [f"--config={args.model}"]
+        + ([f"--config={args.recipe}"] if recipe else [])
+        + ([f"--budget_minutes={budget_minutes:g}"] if budget_minutes else [])
+        + [
             f"--data={records}",
             f"--model_dir={model_dir}",
-            f"--steps={args.pretrain_steps}",
+            f"--steps={steps}",
             "--batch_size=32",
-            f"--learning_rate={args.pretrain_lr}",
-            f"--masking={args.pretrain_masking}",
-            f"--warmup_steps={max(1, args.pretrain_steps // 10)}",
+        ]
+        + (
+            []
+            if recipe
+            else [
+                f"--learning_rate={args.pretrain_lr}",
+                f"--masking={args.pretrain_masking}",
+                f"--warmup_steps={max(1, args.pretrain_steps // 10)}",
+            ]
+        )
+        + [
             f"--save_every={max(1, args.pretrain_steps // 4)}",
             f"--log_every={max(1, args.pretrain_steps // 20)}",
             f"--set=data.vocab_file={os.path.abspath(args.vocab)}",
         ]
     )
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        last = [json.loads(line) for line in f][-1]
     return {
         "model_dir": model_dir,
         "data_seconds": round(data_seconds, 1),
         "pretrain_seconds": round(time.time() - start, 1),
-        "steps": args.pretrain_steps,
+        "steps": last["step"],
+        "budget_minutes": budget_minutes,
+        "recipe": args.recipe if recipe else "old",
+        # Training-batch MLM accuracy (last logged step): no held-out
+        # evaluation while pretraining yet.
+        "train_mlm_accuracy": last.get("mlm_accuracy"),
     }
+
+
+def _median_range(result) -> tuple:
+    accs = sorted(r["accuracy"] for r in result["runs"])
+    n = len(accs)
+    median = accs[n // 2] if n % 2 else (accs[n // 2 - 1] + accs[n // 2]) / 2
+    return median, accs[0], accs[-1]
+
+
+def budget_table(args, results) -> None:
+    """The lift-versus-budget sweep: `results["budgets"]`, printed as Markdown."""
+    records, data_seconds = pretraining_records(args)
+    results["data_seconds"] = round(data_seconds, 1)
+    results["random"] = finetune(args, "", "finetune_random")
+    rows = results["budgets"] = []
+    for minutes in [float(b) for b in args.budgets.split(",")]:
+        name = f"pretrain_{minutes:g}min"
+        row = {"pretrain": pretrain(args, records, minutes, name)}
+        row["finetune"] = finetune(args, row["pretrain"]["model_dir"], f"ft_{name}")
+        rows.append(row)
+        with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2, default=str)
+    base = results["tfidf"]["accuracy"]
+    rand, rlo, rhi = _median_range(results["random"])
+    print(f"\nLift versus budget: {args.model}, SST-2 dev accuracy, median [min, max]")
+    print(f"over {args.seeds} fine-tuning seeds; TF-IDF + LR {100 * base:.1f}")
+    print(
+        "| budget (min) | recipe | steps | train MLM acc | pretrained | "
+        "random init | lift (points) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        pre, ft = row["pretrain"], row["finetune"]
+        med, lo, hi = _median_range(ft)
+        print(
+            f"| {pre['budget_minutes']:g} | {pre['recipe']} | {pre['steps']} | "
+            f"{pre['train_mlm_accuracy']:.3f} | {100 * med:.1f} [{100 * lo:.1f}, "
+            f"{100 * hi:.1f}] | {100 * rand:.1f} [{100 * rlo:.1f}, {100 * rhi:.1f}]"
+            f" | {100 * (med - rand):+.1f} |"
+        )
 
 
 def existing_pretraining(args) -> dict:
@@ -331,6 +422,8 @@ def main(argv=None):
     )
     if args.baseline_only:
         return results
+    if args.budgets:
+        return budget_table(args, results)
     if args.init_checkpoint:
         results["pretrain"] = existing_pretraining(args)
     elif args.skip_pretrain:
