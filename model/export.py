@@ -35,7 +35,7 @@ import os
 import sys
 import uuid
 
-from configs import features, fileio
+from configs import features, fileio, output_lock
 from configs.cli import program_name, quiet_tensorflow_logs
 from configs.loader import load_resolved
 from configs.schema import ConfigError
@@ -212,12 +212,13 @@ def run(argv=None) -> str:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         raise ConfigError(f"unknown flag(s): {' '.join(unknown)}")
+    if fileio.same_path(args.export_dir, args.model_dir):
+        raise ConfigError("--export_dir must not be the --model_dir")
+    output_lock.acquire(args.export_dir, "model.export")
     if args.format == "huggingface":
         return export_huggingface(args.model_dir, args.export_dir)
     if fileio.isfile(args.export_dir):
         raise ConfigError(f"--export_dir {args.export_dir} is a file")
-    if fileio.same_path(args.export_dir, args.model_dir):
-        raise ConfigError("--export_dir must not be the --model_dir")
     if (
         fileio.isdir(args.export_dir)
         and fileio.listdir(args.export_dir)

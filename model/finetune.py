@@ -63,7 +63,7 @@ import time
 
 import numpy as np
 
-from configs import features, fileio
+from configs import features, fileio, output_lock
 from configs.cli import flag_help, program_name, quiet_tensorflow_logs
 from configs.loader import RESOLVED_CONFIG_FILE, dump_config, load_config
 from configs.loader import load_resolved
@@ -523,6 +523,7 @@ def run(argv=None) -> dict:
 def _run(args, overrides, signals) -> dict:
     from model import text_data, training  # TensorFlow: after --help and flag errors
 
+    output_lock.acquire(args.model_dir, "model.finetune")  # before any work
     model_dir = args.model_dir
     _check_finished(model_dir, args.overwrite)
     cfg, init, vocab, vocab_path = resolve_config(args, overrides)

@@ -31,7 +31,7 @@ import os
 import sys
 import time
 
-from configs import features, fileio
+from configs import features, fileio, output_lock
 from configs.loader import dump_config, load_config
 from configs.metadata import check_compatible, read_metadata
 from configs.cli import flag_help, program_name, quiet_tensorflow_logs
@@ -402,9 +402,10 @@ def run(argv=None):
     with training.StopSignals() as signals:
         try:
             try:
+                _check_model_dir(args.model_dir)
+                output_lock.acquire(args.model_dir, "model.pretrain")  # before work
                 cfg = resolve_config(args)
                 cfg = resolve_backend(cfg)
-                _check_model_dir(args.model_dir)
                 cfg = _config_from_init_checkpoint(cfg, args.init_checkpoint)
                 cfg, files, meta, vocab = check_data(
                     cfg,

@@ -507,6 +507,7 @@ def run(argv=None) -> dict:
         options.JobFailed: no row could be scored (all bad or blank).
     """
     settings, pipeline_options = parse(argv)
+    options.lock_output(settings.output_dir, "pipelines.batch_predict")
     started = time.time()
     result = run_pipeline(settings, pipeline_options)
     if pipeline_options.view_as(TestOptions).dry_run:

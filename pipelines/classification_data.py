@@ -547,6 +547,7 @@ def run(argv=None, save_main_session=True) -> dict:
     if unknown:
         raise options.UsageError(f"unknown flag(s): {' '.join(unknown)}")
     fmt, files, columns = _check_flags(args)
+    options.lock_output(args.output_dir, "pipelines.classification_data")
     pipeline_options = PipelineOptions(beam_args)
     options.check_runner(pipeline_options)  # engine installed, job deadline
     pipeline_options.view_as(

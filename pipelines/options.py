@@ -32,6 +32,18 @@ from pipelines.errors import _FAILED_MARK, JobFailed, UsageError, _failure_line
 DEFAULT_NUM_SHARDS = 16
 
 
+def lock_output(location: str, command: str) -> None:
+    """Takes the one-writer lock of `location` (`configs.output_lock`):
+    a location another run is writing stops this job with one line, exit 2,
+    before any work."""
+    from configs import output_lock
+
+    try:
+        output_lock.acquire(location, command)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
 def main(run, argv=None):
     """Runs a data job's `run(argv)`; reports our errors as one line.
 

@@ -306,6 +306,7 @@ def run(argv=None) -> dict:
         options.UsageError: bad flags, before any work.
     """
     settings, pipeline_options = options.parse(argv)
+    options.lock_output(settings.output_dir, "pipelines.pretraining_data")
     started = time.time()
     result = run_pipeline(settings, pipeline_options)
     if pipeline_options.view_as(TestOptions).dry_run:

@@ -255,6 +255,7 @@ def run(argv=None) -> dict:
         options.JobFailed: the corpus has no words.
     """
     args, reserved, files, beam_args = _parse(argv)
+    options.lock_output(args.output, "pipelines.vocab")
     # Temporary files a killed run left beside the output (ours by name).
     stale = FileSystems.match([f"{args.output}.tmp-*", f"{args.output}.json.tmp-*"])
     stale = [m.path for r in stale for m in r.metadata_list]
