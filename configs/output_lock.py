@@ -3,8 +3,9 @@
 Every command that writes an output location (`--output_dir` of a data
 job, `--model_dir`, `--export_dir`, `pipelines.vocab --output`) calls
 `acquire(location, command)` right after its flags are checked. The lock is
-a small JSON file beside the location (`<location>.lock`: never inside
-it, so no job mistakes it for output or clears it) holding the owner's pid, host, process start time, command and start
+a small hidden JSON file beside the location (`.<name>.lock` in its
+parent: never inside it, so no job mistakes it for output or clears it)
+holding the owner's pid, host, process start time, command and start
 time. It is released when the process exits (normally, on an error, on
 Ctrl-C); a process killed outright (SIGKILL, OOM, a lost machine) leaves it.
 
@@ -30,6 +31,7 @@ writer and do not lock. TF-free.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import socket
@@ -49,9 +51,12 @@ class OutputLocked(ConfigError):
 def lock_path(location: str) -> str:
     """Where the lock of `location` (a directory or a file) lives: beside it."""
     trimmed = location.rstrip("/")
-    if not trimmed or trimmed.endswith(":/"):  # "/" or "gs://bucket/"
+    parent, name = trimmed.rsplit("/", 1) if "/" in trimmed else (".", trimmed)
+    if not name or parent.endswith(":/") or (not parent and "://" not in trimmed):
         raise ConfigError(f"{location}: choose a directory below the root")
-    return f"{trimmed}.lock"
+    # A hidden sibling, not `<location>.lock`: object stores list by name
+    # prefix, so "out/run.lock" would show up inside a listing of "out/run".
+    return f"{parent}/.{name}.lock"
 
 
 def _process_start(pid: int) -> str:
@@ -121,19 +126,19 @@ def acquire(location: str, command: str) -> str:
     if "://" in path:
         _acquire_remote(path, data, token, me)
     else:
-        _acquire_local(path, data, me)
+        _acquire_local(path, data, me, location)
     if path not in _held:
         atexit.register(release, path)
     _held[path] = token
     return path
 
 
-def _acquire_local(path: str, data: bytes, me: dict) -> None:
+def _acquire_local(path: str, data: bytes, me: dict, location: str) -> None:
     for _ in range(3):  # a stale lock is removed, then created anew
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            _check_holder(path, _read(path), me)
+            _check_holder(path, _read(path), me, location)
             continue
         except OSError as e:
             raise ConfigError(
@@ -145,7 +150,7 @@ def _acquire_local(path: str, data: bytes, me: dict) -> None:
     raise OutputLocked(f"{path}: another run keeps taking this lock; try again")
 
 
-def _check_holder(path: str, holder: dict, me: dict) -> None:
+def _check_holder(path: str, holder: dict, me: dict, location: str) -> None:
     """Returns after removing a stale lock; raises for a live or foreign one."""
     if holder.get("token") == me["token"] or (
         holder.get("pid") == me["pid"]
@@ -171,7 +176,7 @@ def _check_holder(path: str, holder: dict, me: dict) -> None:
         pid = int(holder.get("pid", -1))
         if pid > 0 and _alive(pid, str(holder.get("process_start", ""))):
             raise OutputLocked(
-                f"{path[:-5]} is in use by {_describe(holder)}; "
+                f"{location} is in use by {_describe(holder)}; "
                 "wait for it, stop it, or choose another output location"
             )
         print(
@@ -185,7 +190,7 @@ def _check_holder(path: str, holder: dict, me: dict) -> None:
             pass
         return
     raise OutputLocked(
-        f"{path[:-5]} is locked by {_describe(holder)}, on "
+        f"{location} is locked by {_describe(holder)}, on "
         f"another host; delete {path} once that run is known to be gone"
     )
 
@@ -213,3 +218,19 @@ def release(path: str) -> None:
             fileio.remove(path)
     except OSError:
         pass
+
+
+@contextlib.contextmanager
+def released_at_end():
+    """Releases, on leaving, every lock `acquire` took inside the block.
+
+    A command's `run(argv)` is wrapped in it, so a run called in-process
+    (tests, notebooks) frees its location when it returns or raises; at
+    exit would be too late for the caller's next step.
+    """
+    before = set(_held)
+    try:
+        yield
+    finally:
+        for path in [p for p in _held if p not in before]:
+            release(path)

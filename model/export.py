@@ -170,6 +170,12 @@ def load_finetuned(model_dir: str):
 
 
 def run(argv=None) -> str:
+    """Exports (see `_run`); `--export_dir` is locked while it runs."""
+    with output_lock.released_at_end():
+        return _run(argv)
+
+
+def _run(argv=None) -> str:
     """Exports `--model_dir`'s best weights to `--export_dir`; returns it."""
     parser = _Parser(
         prog=program_name("model.export"),

@@ -504,6 +504,12 @@ def train_one(
 
 
 def run(argv=None) -> dict:
+    """Fine-tunes (see `_run`); `--model_dir` is locked while it runs."""
+    with output_lock.released_at_end():
+        return _parse_and_run(argv)
+
+
+def _parse_and_run(argv=None) -> dict:
     """Fine-tunes; returns the `eval_metrics.json` dict.
 
     Raises:

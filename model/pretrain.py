@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 import time
 
 from configs import features, fileio, output_lock
@@ -396,8 +397,14 @@ def run(argv=None):
     Exit codes: 2 (via SystemExit with a message: 1) for config and data
     problems before training; 1 for divergence and a full disk; 130/143
     for SIGINT/SIGTERM (a checkpoint at the current step is written first,
-    so a rerun resumes there).
+    so a rerun resumes there). The output location is locked while it
+    runs.
     """
+    with output_lock.released_at_end():
+        return _run(argv)
+
+
+def _run(argv=None):
     args = parse_args(argv)
     with training.StopSignals() as signals:
         try:

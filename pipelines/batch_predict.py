@@ -60,7 +60,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import TestOptions
 
-from configs import labelled_text
+from configs import labelled_text, output_lock
 from configs.cli import program_name
 from configs.schema import ConfigError
 from pipelines import corpus, options
@@ -500,6 +500,12 @@ def summary_lines(summary: dict, output_dir: str) -> str:
 
 
 def run(argv=None) -> dict:
+    """Runs the job (see `_run`); `--output_dir` is locked while it runs."""
+    with output_lock.released_at_end():
+        return _run(argv)
+
+
+def _run(argv=None) -> dict:
     """Runs the job; returns the summary it wrote ({} for a dry run).
 
     Raises:

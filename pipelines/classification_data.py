@@ -35,7 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from configs import features, metadata, tokenization
+from configs import features, metadata, output_lock, tokenization
 from configs.cli import program_name
 from configs.labelled_text import (  # noqa: F401 (re-exported reasons)
     BAD_COLUMNS,
@@ -534,6 +534,12 @@ def build_pipeline(p, args, fmt, columns):
 
 
 def run(argv=None, save_main_session=True) -> dict:
+    """Runs the job (see `_run`); `--output_dir` is locked while it runs."""
+    with output_lock.released_at_end():
+        return _run(argv, save_main_session)
+
+
+def _run(argv=None, save_main_session=True) -> dict:
     """Runs the job; returns the metadata dict it wrote.
 
     Raises:

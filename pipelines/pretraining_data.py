@@ -36,7 +36,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import TestOptions
 
-from configs import features, loader, metadata
+from configs import features, loader, metadata, output_lock
 from configs.schema import ExperimentConfig
 from pipelines import corpus, masking, options, sentence_pairs, tfrecords, tokenize
 
@@ -300,6 +300,12 @@ def summary(meta: dict) -> str:
 
 
 def run(argv=None) -> dict:
+    """Runs the job (see `_run`); `--output_dir` is locked while it runs."""
+    with output_lock.released_at_end():
+        return _run(argv)
+
+
+def _run(argv=None) -> dict:
     """Runs the job; returns the metadata it wrote ({} for a dry run).
 
     Raises:

@@ -45,7 +45,7 @@ from apache_beam.options.pipeline_options import (
     PipelineOptions,
 )
 
-from configs import features, metadata
+from configs import features, metadata, output_lock
 from configs.cli import program_name
 from pipelines import corpus, options, word_counts, wordpiece_vocab
 
@@ -247,6 +247,12 @@ def _tool_versions() -> dict[str, str]:
 
 
 def run(argv=None) -> dict:
+    """Runs the job (see `_run`); `--output` is locked while it runs."""
+    with output_lock.released_at_end():
+        return _run(argv)
+
+
+def _run(argv=None) -> dict:
     """Runs the job; returns the sidecar dict that was written.
 
     Raises:

@@ -56,7 +56,7 @@ def test_stale_lock_of_a_killed_process_is_reported_and_taken(tmp_path, capsys):
     holder = _hold(out)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    assert os.path.exists(f"{out}.lock")  # SIGKILL leaves it behind
+    assert os.path.exists(output_lock.lock_path(str(out)))  # SIGKILL leaves it
     path = output_lock.acquire(str(out), "rerun")
     note = capsys.readouterr().out
     assert "taking over the lock" in note and f"pid {holder.pid}" in note
@@ -75,12 +75,12 @@ def test_lock_released_when_the_process_fails(tmp_path):
         [sys.executable, "-c", code], env=_ENV, capture_output=True, text=True
     )
     assert proc.returncode == 1
-    assert not os.path.exists(f"{out}.lock")
+    assert not os.path.exists(output_lock.lock_path(str(out)))
 
 
 def test_lock_from_another_host_is_never_taken(tmp_path):
     out = tmp_path / "run"
-    lock = f"{out}.lock"
+    lock = output_lock.lock_path(str(out))
     with open(lock, "w") as f:
         json.dump({"pid": 1, "host": "elsewhere", "command": "model.pretrain"}, f)
     with pytest.raises(output_lock.OutputLocked, match="another host; delete"):
@@ -160,3 +160,10 @@ def test_trainers_refused_while_another_holds_the_model_dir(
     lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert proc.returncode != 0, proc.stderr[-2000:]
     assert len(lines) == 1 and f"pid {holder.pid}" in lines[0], proc.stderr
+
+
+def test_lock_lives_beside_the_location_not_under_its_name(tmp_path):
+    assert output_lock.lock_path(f"{tmp_path}/out/run/") == f"{tmp_path}/out/.run.lock"
+    assert output_lock.lock_path("gs://b/x/run") == "gs://b/x/.run.lock"
+    with pytest.raises(ConfigError, match="below the root"):
+        output_lock.lock_path("/")
