@@ -21,6 +21,7 @@ from configs.schema import ConfigError
 # (the fine-tuning job and classification_data stop; 1 accepts any number).
 DEFAULT_MAX_BAD_FRACTION = 0.1
 
+_FIELD_LIMIT = 2**31 - 1  # the C long the csv module stores it in
 BAD_UNDECODABLE = "undecodable-bytes"
 BAD_COLUMNS = "wrong-column-count"
 BAD_JSON = "unparseable-json"
@@ -56,7 +57,15 @@ def detect_format(path: str) -> str:
 
 
 def split_line(line: str, fmt: str) -> list[str]:
-    """Splits one TSV/CSV line into fields (TSV: quoting off, as SST-2 needs)."""
+    """Splits one TSV/CSV line into fields (TSV: quoting off, as SST-2 needs).
+
+    The csv module refuses fields over 128 KiB by default (a `csv.Error`
+    that would read as a wrong column count); a line is bounded by the
+    jobs' own `--max_line_bytes` instead, so the limit is lifted here, on
+    first use rather than at import.
+    """
+    if csv.field_size_limit() < _FIELD_LIMIT:
+        csv.field_size_limit(_FIELD_LIMIT)
     if fmt == "tsv":
         return next(csv.reader([line], delimiter="\t", quoting=csv.QUOTE_NONE))
     return next(csv.reader([line]))

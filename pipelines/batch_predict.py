@@ -239,6 +239,15 @@ def parse(argv):
         files = corpus.expand_patterns(args.input)
     except ValueError as e:
         raise options.UsageError(str(e)) from None
+    # With --overwrite the old predictions are deleted before reading: input
+    # inside the output location would be read as nothing (or as our own
+    # output), so it is refused before anything is touched.
+    inside = [f for f in files if _is_under(f, args.output_dir)]
+    if inside:
+        raise options.UsageError(
+            f"--input matches {inside[0]}, inside --output_dir {args.output_dir}; "
+            "put the rows to score elsewhere"
+        )
     formats = {labelled_text.detect_input_format(f) for f in files}
     if len(formats) > 1:
         raise options.UsageError(
@@ -303,6 +312,14 @@ def parse(argv):
     pipeline_options = PipelineOptions(beam_args)
     options.check_runner(pipeline_options)
     return settings, pipeline_options
+
+
+def _is_under(path: str, directory: str) -> bool:
+    """True when `path` lies inside `directory` (local or remote)."""
+    if "://" in path or "://" in directory:
+        return path.startswith(directory.rstrip("/") + "/")
+    directory = os.path.realpath(directory)
+    return os.path.commonpath([os.path.realpath(path), directory]) == directory
 
 
 def _our_outputs(output_dir: str) -> list[str]:

@@ -52,7 +52,7 @@ from configs.labelled_text import (  # noqa: F401 (re-exported reasons)
     split_line,
 )
 from configs.schema import ConfigError
-from pipelines import options
+from pipelines import corpus, options
 from pipelines.options import unknown_beam_flags
 
 SHARD_PREFIX = features.CLASSIFICATION_SHARD_PREFIX
@@ -416,11 +416,9 @@ def _check_flags(args) -> tuple[str, list[str], list[str]]:
         options.UsageError: one line naming the first problem.
     """
     try:
-        files = [m.path for m in FileSystems.match([args.input])[0].metadata_list]
-    except Exception:
-        files = []
-    if not files:
-        raise options.UsageError(f"--input {args.input!r} matches no file")
+        files = corpus.expand_patterns(args.input)  # as every job reads --input
+    except ValueError as e:
+        raise options.UsageError(str(e)) from None
     if args.max_seq_length < 8:
         raise options.UsageError("--max_seq_length must be at least 8")
     if args.num_shards < 0:

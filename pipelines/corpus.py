@@ -33,6 +33,7 @@ import gzip
 import io
 import json
 import lzma
+import os
 import zlib
 
 import apache_beam as beam
@@ -89,6 +90,14 @@ def expand_patterns(file_patterns: str) -> list[str]:
             raise ValueError(f"input {pattern!r} matches no file ({e})") from None
         if not matched:
             raise ValueError(f"input {pattern!r} matches no file")
+        # A local directory matches itself; reading it would fail late with
+        # a misleading "truncated or corrupt?" line.
+        dirs = [m.path for m in matched if os.path.isdir(m.path)]
+        if dirs:
+            raise ValueError(
+                f"input {dirs[0]!r} is a directory; pass a glob of its files, "
+                f"e.g. --input='{dirs[0].rstrip('/')}/*'"
+            )
         paths.extend(m.path for m in matched)
     return sorted(set(paths))
 

@@ -464,6 +464,11 @@ def test_overwrite_replaces_only_our_files(model, tmp_path):
         ({"--max_batch_size": "0"}, "min_batch_size"),
         ({"--label_column": "sentence"}, "must differ"),
         ({"--runner_typo": "x"}, "unknown flag"),
+        ({"--input": "{tmp}/damaged"}, "is a directory; pass a glob"),
+        (
+            {"--input": "{tmp}/inside/*.tsv", "--output_dir": "{tmp}/inside"},
+            "inside --output_dir",
+        ),
     ],
 )
 def test_bad_flags_one_line(model, tmp_path, capsys, change, message):
@@ -484,6 +489,8 @@ def test_bad_flags_one_line(model, tmp_path, capsys, change, message):
     (tmp_path / "damaged" / "saved_model.pb").write_bytes(b"\xff not a proto")
     (tmp_path / "earlier").mkdir()
     (tmp_path / "earlier" / bp.SUMMARY_FILE).write_text("{}")
+    (tmp_path / "inside").mkdir()
+    (tmp_path / "inside" / "rows.tsv").write_text("sentence\tlabel\ngood\t1\n")
     flags = dict(a.split("=", 1) for a in _argv(model, model["dev"], tmp_path / "o"))
     flags.update({k: v.format(tmp=tmp_path) for k, v in change.items()})
     with pytest.raises(SystemExit) as e:

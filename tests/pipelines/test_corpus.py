@@ -123,3 +123,10 @@ def test_dynamic_split_at_fractions_is_consistent(tmp_path):
     source_test_utils.assert_split_at_fraction_exhaustive(
         split.source, split.start_position, split.stop_position
     )
+
+
+def test_a_directory_as_input_is_one_line_suggesting_a_glob(tmp_path):
+    (tmp_path / "a.txt").write_text("x\n")
+    with pytest.raises(ValueError, match="is a directory; pass a glob"):
+        corpus.expand_patterns(str(tmp_path))
+    assert corpus.expand_patterns(f"{tmp_path}/*") == [str(tmp_path / "a.txt")]
