@@ -99,6 +99,19 @@ def _flags(argv=None):
         default="configs/pretrain/budget.yaml",
         help="overrides config for --budgets runs; 'none' = the old recipe",
     )
+    p.add_argument(
+        "--tapt",
+        default="",
+        help="task-adaptive rows for --budgets: comma-separated BASE:MINUTES "
+        "pairs; each continues the BASE-minute run for MINUTES on the --train "
+        "split's unlabeled sentences (never dev), e.g. 5:10 is 15 minutes in all",
+    )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="--budgets: keep the rows of an earlier run in --out_dir "
+        "(results.json) and run only the missing ones",
+    )
     p.add_argument("--skip_pretrain", action="store_true", help="reuse out_dir")
     p.add_argument(
         "--init_checkpoint",
@@ -202,7 +215,9 @@ def pretraining_records(args) -> tuple:
     return records, time.time() - start
 
 
-def pretrain(args, records=None, budget_minutes=0.0, name="pretrain") -> dict:
+def pretrain(
+    args, records=None, budget_minutes=0.0, name="pretrain", init_checkpoint=""
+) -> dict:
     """`model.pretrain` for `--pretrain_steps`, or to `budget_minutes` with
     `--recipe` over `--model` (then `--pretrain_steps` is only a cap)."""
     from model import pretrain as pretrain_lib
@@ -238,6 +253,7 @@ def pretrain(args, records=None, budget_minutes=0.0, name="pretrain") -> dict:
             f"--log_every={max(1, args.pretrain_steps // 20)}",
             f"--set=data.vocab_file={os.path.abspath(args.vocab)}",
         ]
+        + ([f"--init_checkpoint={init_checkpoint}"] if init_checkpoint else [])
     )
     with open(os.path.join(model_dir, "metrics.jsonl")) as f:
         last = [json.loads(line) for line in f][-1]
@@ -248,6 +264,7 @@ def pretrain(args, records=None, budget_minutes=0.0, name="pretrain") -> dict:
         "steps": last["step"],
         "budget_minutes": budget_minutes,
         "recipe": args.recipe if recipe else "old",
+        "init_checkpoint": init_checkpoint,
         # Training-batch MLM accuracy (last logged step): no held-out
         # evaluation while pretraining yet.
         "train_mlm_accuracy": last.get("mlm_accuracy"),
@@ -261,25 +278,103 @@ def _median_range(result) -> tuple:
     return median, accs[0], accs[-1]
 
 
+def task_text_records(args) -> str:
+    """The `--train` split's sentences, unlabeled, as pretraining records.
+
+    Only the training split: pretraining on dev sentences, even without
+    labels, would leak them into the encoder. One sentence per document
+    (consecutive SST-2 sentences come from different reviews), as the
+    README's task-adaptive pretraining section does; `--dupe_factor` 10
+    gives the short corpus several different pairings and masks.
+    """
+    from pipelines import pretraining_data
+
+    text = os.path.join(args.out_dir, "task_text.txt")
+    with open(args.train, encoding="utf-8") as f, open(text, "w") as out:
+        for line in f.read().split("\n")[1:]:
+            sentence = line.split("\t")[0].strip()
+            if sentence:
+                out.write(sentence + "\n\n")
+    records = os.path.join(args.out_dir, "task_records")
+    pretraining_data.run(
+        [
+            f"--input={text}",
+            f"--vocab={args.vocab}",
+            f"--output_dir={records}",
+            "--max_seq_length=128",
+            "--max_predictions_per_seq=20",
+            "--dupe_factor=10",
+            "--num_shards=2",
+            "--overwrite",
+        ]
+    )
+    return records
+
+
+def _budget_row(args, records, minutes, tapt_from=None, tapt_records=None):
+    """One row: pretraining (or a task-adaptive phase over `tapt_from`'s
+    run) and the same fine-tuning from it."""
+    if tapt_from is None:
+        name = f"pretrain_{minutes:g}min"
+        pre = pretrain(args, records, minutes, name)
+    else:
+        base = tapt_from["pretrain"]
+        name = f"pretrain_{base['budget_minutes']:g}min_tapt_{minutes:g}min"
+        pre = pretrain(args, tapt_records, minutes, name, base["model_dir"])
+        pre["tapt_from_minutes"] = base["budget_minutes"]
+        pre["tapt_minutes"] = minutes
+        pre["steps"] += base["steps"]
+    return {"pretrain": pre, "finetune": finetune(args, pre["model_dir"], f"ft_{name}")}
+
+
+def _row_label(pre) -> str:
+    if "tapt_minutes" in pre:
+        return f"{pre['tapt_from_minutes']:g} + {pre['tapt_minutes']:g} task"
+    return f"{pre['budget_minutes']:g}"
+
+
 def budget_table(args, results) -> None:
     """The lift-versus-budget sweep: `results["budgets"]`, printed as Markdown."""
+    path = os.path.join(args.out_dir, "results.json")
+    earlier = {}
+    if args.reuse and os.path.exists(path):
+        with open(path) as f:
+            earlier = json.load(f)
     records, data_seconds = pretraining_records(args)
     results["data_seconds"] = round(data_seconds, 1)
-    results["random"] = finetune(args, "", "finetune_random")
+    results["random"] = earlier.get("random") or finetune(args, "", "finetune_random")
     rows = results["budgets"] = []
-    for minutes in [float(b) for b in args.budgets.split(",")]:
-        name = f"pretrain_{minutes:g}min"
-        row = {"pretrain": pretrain(args, records, minutes, name)}
-        row["finetune"] = finetune(args, row["pretrain"]["model_dir"], f"ft_{name}")
-        rows.append(row)
-        with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+    done = {_row_label(r["pretrain"]): r for r in earlier.get("budgets", [])}
+
+    def save():
+        with open(path, "w") as f:
             json.dump(results, f, indent=2, default=str)
+
+    by_minutes = {}
+    for minutes in [float(b) for b in args.budgets.split(",")]:
+        row = done.get(f"{minutes:g}") or _budget_row(args, records, minutes)
+        by_minutes[minutes] = row
+        rows.append(row)
+        save()
+    tapt_records = None
+    for pair in [p for p in args.tapt.split(",") if p]:
+        base, minutes = (float(x) for x in pair.split(":"))
+        if base not in by_minutes:
+            sys.exit(f"--tapt={pair}: {base:g} is not one of --budgets")
+        label = f"{base:g} + {minutes:g} task"
+        if label not in done and tapt_records is None:
+            tapt_records = task_text_records(args)
+        row = done.get(label) or _budget_row(
+            args, records, minutes, by_minutes[base], tapt_records
+        )
+        rows.append(row)
+        save()
     base = results["tfidf"]["accuracy"]
     rand, rlo, rhi = _median_range(results["random"])
     print(f"\nLift versus budget: {args.model}, SST-2 dev accuracy, median [min, max]")
     print(f"over {args.seeds} fine-tuning seeds; TF-IDF + LR {100 * base:.1f}")
     print(
-        "| budget (min) | recipe | steps | train MLM acc | pretrained | "
+        "| budget (CPU-min) | recipe | steps | train MLM acc | pretrained | "
         "random init | lift (points) |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -287,7 +382,7 @@ def budget_table(args, results) -> None:
         pre, ft = row["pretrain"], row["finetune"]
         med, lo, hi = _median_range(ft)
         print(
-            f"| {pre['budget_minutes']:g} | {pre['recipe']} | {pre['steps']} | "
+            f"| {_row_label(pre)} | {pre['recipe']} | {pre['steps']} | "
             f"{pre['train_mlm_accuracy']:.3f} | {100 * med:.1f} [{100 * lo:.1f}, "
             f"{100 * hi:.1f}] | {100 * rand:.1f} [{100 * rlo:.1f}, {100 * rhi:.1f}]"
             f" | {100 * (med - rand):+.1f} |"
