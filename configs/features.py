@@ -83,6 +83,9 @@ IS_NEXT = 0
 NOT_NEXT = 1
 
 METADATA_FILE = "metadata.json"
+# The data job's held-out split (`--eval_documents`): `OUTPUT_DIR/eval/`,
+# shards + metadata.json of its own, never among the training shards.
+EVAL_SPLIT_DIR = "eval"
 # Shard names of the data jobs: `<prefix>-SSSSS-of-NNNNN.tfrecord[.gz]`.
 PRETRAINING_SHARD_PREFIX = "pretraining"
 CLASSIFICATION_SHARD_PREFIX = "classification"

@@ -80,6 +80,15 @@ def read_metadata(data_dir: str) -> dict | None:
     return meta
 
 
+def held_out_split(data_dir: str) -> str | None:
+    """`data_dir/eval` when it holds a committed held-out split (the data
+    job's `--eval_documents`: shards + a `metadata.json` of its own), else
+    None. Its shards are never among `data_dir`'s training shards: readers
+    list `data_dir/*.tfrecord*`, not sub-directories."""
+    path = fileio.join(data_dir, features.EVAL_SPLIT_DIR)
+    return path if fileio.exists(metadata_path(path)) else None
+
+
 def write_metadata(data_dir: str, meta: dict) -> str:
     """Writes `meta` as `data_dir/metadata.json` (sorted keys, indented).
 

@@ -129,6 +129,21 @@ def run(argv=None) -> dict:
         print("metadata: " + ", ".join(f"{k}={meta.get(k)}" for k in keys))
         for name, value in (meta.get("counters") or {}).items():
             print(f"  {name}: {value}")
+        if meta.get("split") == "eval":
+            print(
+                f"held-out split: {meta.get('held_out_documents')} document(s) "
+                f"(--eval_documents={meta.get('eval_documents')}), kept out of "
+                "the training records beside it"
+            )
+    held_out = metadata.held_out_split(args.data_dir)
+    if held_out:
+        # Its own split: not read here, never counted with these shards.
+        eval_meta = metadata.read_metadata(held_out) or {}
+        print(
+            f"held-out split: {held_out}: {eval_meta.get('num_examples')} "
+            f"records from {eval_meta.get('held_out_documents')} document(s), "
+            f"not counted here (inspect it: pipelines.inspect {held_out})"
+        )
 
     lengths, masked, labels = [], [], collections.Counter()
     shown = 0
@@ -158,6 +173,7 @@ def run(argv=None) -> dict:
     if not path:
         local = "://" not in args.data_dir
         path = os.path.join(args.data_dir if local else ".", "sequence_lengths.png")
+    stats["held_out_split"] = held_out
     stats["histogram"] = write_histogram(lengths, path, max_seq_length)
     print(f"histogram: {stats['histogram']}")
     return stats

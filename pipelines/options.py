@@ -24,7 +24,7 @@ import sys
 from configs import features
 from configs.cli import flag_help, program_name, quiet_tensorflow_logs
 from configs.schema import CHOICES, ConfigError, DataConfig
-from pipelines import corpus, tfrecords
+from pipelines import corpus, holdout, tfrecords
 
 # The jobs raise these as options.UsageError / options.JobFailed.
 from pipelines.errors import _FAILED_MARK, JobFailed, UsageError, _failure_line
@@ -106,6 +106,7 @@ class PretrainingDataSettings:
     text_field: str  # JSONL field holding a document
     overwrite: bool
     vocab: tuple  # the vocabulary's tokens (id = index)
+    eval_documents: int | float = 0  # held out: 0 none, a count N, or a fraction
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--text_field", default="text", help="JSONL field with the text (default text)")
     add(
+        "--eval_documents",
+        default="0",
+        help="hold whole documents out for evaluation: a count (e.g. 100) or a "
+        "fraction (e.g. 0.01), chosen by a hash of the text and --seed; their "
+        "records go to OUTPUT_DIR/eval/ with a metadata.json of their own "
+        "(default 0: none)",
+    )
+    add(
         "--overwrite",
         type=parse_bool,
         nargs="?",
@@ -285,6 +294,10 @@ def parse(argv: list[str] | None):
         raise UsageError("text_field must not be empty")
     if args.seed < 0:
         raise UsageError("seed must be >= 0")
+    try:
+        eval_documents = holdout.parse_eval_documents(args.eval_documents)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
     check_filesystem("vocab", args.vocab)
     if not FileSystems.exists(args.vocab):
@@ -303,7 +316,9 @@ def parse(argv: list[str] | None):
         raise UsageError(str(e)) from None
 
     check_output_dir(args.output_dir)
-    if not args.overwrite and _non_empty(args.output_dir):
+    if not args.overwrite and _non_empty(
+        args.output_dir, subdirs=(features.EVAL_SPLIT_DIR,)
+    ):
         raise UsageError(
             f"output_dir {args.output_dir} is not empty (pass --overwrite to "
             "replace its pretraining shards and metadata)"
@@ -319,6 +334,7 @@ def parse(argv: list[str] | None):
         text_field=args.text_field,
         overwrite=args.overwrite,
         vocab=tuple(vocab),
+        eval_documents=eval_documents,
     )
     pipeline_options = PipelineOptions(beam_args)
     check_runner(pipeline_options)
@@ -435,10 +451,11 @@ def check_output_dir(path: str) -> None:
         raise UsageError(f"output_dir {path}: {parent} is not writable")
 
 
-def _non_empty(directory: str, leftovers=(tfrecords.TEMP_PREFIX,)) -> bool:
+def _non_empty(directory: str, leftovers=(tfrecords.TEMP_PREFIX,), subdirs=()) -> bool:
     """True when `directory` holds anything but the temporary leftovers of
     interrupted runs (names starting with one of `leftovers`: ours, and
-    every run clears them first, see `clear_leftovers`).
+    every run clears them first, see `clear_leftovers`), also inside the
+    sub-directories named in `subdirs` (the held-out split's).
 
     Local directories are listed with `os`: Beam's local match skips
     dot-files and directories."""
@@ -446,16 +463,29 @@ def _non_empty(directory: str, leftovers=(tfrecords.TEMP_PREFIX,)) -> bool:
 
     leftovers = tuple(leftovers)
     if "://" not in directory:
-        return os.path.isdir(directory) and any(
-            not name.startswith(leftovers) for name in os.listdir(directory)
-        )
+        if not os.path.isdir(directory):
+            return False
+        for name in os.listdir(directory):
+            if name.startswith(leftovers):
+                continue
+            path = os.path.join(directory, name)
+            if name in subdirs and os.path.isdir(path):
+                if _non_empty(path, leftovers):
+                    return True
+                continue
+            return True
+        return False
     if not FileSystems.exists(directory):
         return False
     pattern = FileSystems.join(directory, "*")
-    return any(
-        not m.path[len(directory) :].lstrip("/").startswith(leftovers)
-        for m in FileSystems.match([pattern])[0].metadata_list
-    )
+    for m in FileSystems.match([pattern])[0].metadata_list:
+        name = m.path[len(directory) :].lstrip("/")
+        head, _, rest = name.partition("/")
+        if head in subdirs and rest:
+            name = rest  # an object store lists sub-directories' objects too
+        if not name.startswith(leftovers):
+            return True
+    return False
 
 
 def clear_leftovers(directory: str, prefixes) -> list:
@@ -494,11 +524,14 @@ def clear_leftovers(directory: str, prefixes) -> list:
     return found
 
 
-def counter_totals(result, namespaces) -> dict | None:
+def counter_totals(result, namespaces, step_filter=None) -> dict | None:
     """{"Namespace/counter-name": total} of the counters in `namespaces`
     ({} when none was set); None when the runner reports no metrics.
 
     Committed values where the runner has them, else attempted ones.
+    `step_filter(step_name, namespace)`, when given, keeps only the
+    counters it returns true for (one branch of a pipeline whose branches
+    run the same transforms, e.g. a held-out split's).
     """
     from apache_beam.metrics.metric import MetricsFilter
 
@@ -509,7 +542,9 @@ def counter_totals(result, namespaces) -> dict | None:
     totals: dict = {}
     for c in counters:
         ns = c.key.metric.namespace
-        if ns in namespaces:
+        if ns in namespaces and (
+            step_filter is None or step_filter(c.key.step or "", ns)
+        ):
             name = f"{ns}/{c.key.metric.name}"
             value = c.committed if c.committed is not None else c.attempted
             totals[name] = totals.get(name, 0) + (value or 0)

@@ -10,6 +10,7 @@ The chain (each stage a PTransform of its own module):
 
     ReadDocuments        (doc_id, lines)            pipelines/corpus.py
     TokenizeDocuments    (fingerprint, ids, ends)   pipelines/tokenize.py
+   [HoldOutDocuments     training | held-out docs   pipelines/holdout.py]
     CreateSentencePairs  InstanceBatch (per bucket) pipelines/sentence_pairs.py
                          (buckets through spill files: pipelines/buckets.py)
     MaskTokens           MaskedBatch (per bucket)   pipelines/masking.py
@@ -25,11 +26,18 @@ line (exit 1) and commits nothing. Shards are renamed into place whole and
 `metadata.json`, written last, marks a finished run; every run first clears
 the temporary pieces an interrupted run left behind. The totals of every counter go
 into `metadata.json` and a summary printed at the end.
+
+With `--eval_documents=N` (or a fraction) whole documents are held out
+after tokenizing and make their own records, through the same three last
+stages, in `OUTPUT_DIR/eval/` (same schema, shard names and static masks,
+a `metadata.json` of their own with `split: eval`); the training
+`metadata.json` says how many were held out and commits both.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import apache_beam as beam
@@ -38,11 +46,20 @@ from apache_beam.options.pipeline_options import TestOptions
 
 from configs import features, loader, metadata, output_lock
 from configs.schema import ExperimentConfig
-from pipelines import corpus, masking, options, sentence_pairs, tfrecords, tokenize
+from pipelines import (
+    corpus,
+    holdout,
+    masking,
+    options,
+    sentence_pairs,
+    tfrecords,
+    tokenize,
+)
 
 NAMESPACES = (
     corpus.NAMESPACE,
     tokenize.NAMESPACE,
+    holdout.NAMESPACE,
     sentence_pairs.NAMESPACE,
     masking.NAMESPACE,
     tfrecords.NAMESPACE,
@@ -50,18 +67,47 @@ NAMESPACES = (
 
 
 def build_pipeline(p: beam.Pipeline, settings: options.PretrainingDataSettings):
-    """Adds the job's transforms to `p`; returns the written-files PCollection."""
+    """Adds the job's transforms to `p`; returns the written-files PCollection
+    (of the training split when documents are held out)."""
     data = settings.data
-    special_ids = features.special_token_ids(list(settings.vocab))
-    # One temporary directory for the run: the documents spilled for
-    # bucketing, then the record pieces; deleted after the last shard.
-    temp_dir = tfrecords.new_temp_dir(settings.output_dir)
-    documents = p | "ReadCorpus" >> corpus.ReadDocuments(
-        file_patterns=settings.input, text_field=settings.text_field
-    )
-    tokenized = documents | "Tokenize" >> tokenize.TokenizeDocuments(
+
+    def read():
+        return corpus.ReadDocuments(
+            file_patterns=settings.input, text_field=settings.text_field
+        )
+
+    documents = p | "ReadCorpus" >> read()
+    if settings.eval_documents:
+        # Whole documents go to OUTPUT_DIR/eval/ and make their records
+        # there, pairs and "random next" segments from held-out documents
+        # only: no held-out sentence reaches a training record.
+        split = documents | HOLD_OUT_STEP >> holdout.HoldOutDocuments(
+            eval_documents=settings.eval_documents, seed=data.seed, reread=read()
+        )
+        documents = split[holdout.TRAIN]
+        _ = split[holdout.EVAL] | EVAL_STEP >> beam.ptransform_fn(make_records)(
+            settings, eval_dir(settings.output_dir)
+        )
+    return make_records(documents, settings, settings.output_dir)
+
+
+# Labels of the hold-out step and of the held-out split's records chain:
+# counters are told apart by these step prefixes (`counter_totals`).
+HOLD_OUT_STEP = "HoldOutDocuments"
+EVAL_STEP = "HeldOut"
+
+
+def make_records(docs, settings: options.PretrainingDataSettings, output_dir: str):
+    """Documents -> tokens -> pairs -> masks -> shards in `output_dir`;
+    returns the written-files PCollection."""
+    data = settings.data
+    tokenized = docs | "Tokenize" >> tokenize.TokenizeDocuments(
         vocab_path=data.vocab_file, do_lower_case=data.do_lower_case
     )
+    special_ids = features.special_token_ids(list(settings.vocab))
+    # One temporary directory for the split: the documents spilled for
+    # bucketing, then the record pieces; deleted after the last shard.
+    temp_dir = tfrecords.new_temp_dir(output_dir)
     instances = tokenized | "CreatePairs" >> sentence_pairs.CreateSentencePairs(
         special_ids=special_ids,
         max_seq_length=data.max_seq_length,
@@ -83,7 +129,7 @@ def build_pipeline(p: beam.Pipeline, settings: options.PretrainingDataSettings):
         random_token_prob=data.random_token_prob,
     )
     return masked | "Write" >> tfrecords.WriteTfRecords(
-        output_dir=settings.output_dir,
+        output_dir=output_dir,
         max_seq_length=data.max_seq_length,
         max_predictions_per_seq=data.max_predictions_per_seq,
         vocab_size=len(settings.vocab),
@@ -91,6 +137,11 @@ def build_pipeline(p: beam.Pipeline, settings: options.PretrainingDataSettings):
         compression=settings.compression,
         temp_dir=temp_dir,
     )
+
+
+def eval_dir(output_dir: str) -> str:
+    """Where the held-out split goes: `OUTPUT_DIR/eval`."""
+    return FileSystems.join(output_dir, features.EVAL_SPLIT_DIR)
 
 
 def run_pipeline(settings, pipeline_options) -> beam.runners.runner.PipelineResult:
@@ -103,14 +154,28 @@ def run_pipeline(settings, pipeline_options) -> beam.runners.runner.PipelineResu
     return result
 
 
-def counter_totals(result) -> dict | None:
-    """This job's counters (`options.counter_totals` over `NAMESPACES`)."""
-    return options.counter_totals(result, NAMESPACES)
+def counter_totals(result, split: str = "train") -> dict | None:
+    """This job's counters (`options.counter_totals` over `NAMESPACES`) of
+    one split: "train" (the corpus read, and the training documents'
+    stages) or "eval" (the held-out documents' stages, and the hold-out
+    counts). The hold-out's own second read of the corpus counts nowhere."""
+
+    def under(step: str, prefix: str) -> bool:
+        return step == prefix or step.startswith(prefix + "/")
+
+    def keep(step: str, namespace: str) -> bool:
+        if namespace == corpus.NAMESPACE and under(step, HOLD_OUT_STEP):
+            return False  # the corpus read again for the hashes
+        if split == "eval":
+            return under(step, EVAL_STEP) or namespace == holdout.NAMESPACE
+        return not under(step, EVAL_STEP)
+
+    return options.counter_totals(result, NAMESPACES, keep)
 
 
-def _shards(settings) -> list[str]:
+def _shards(settings, directory: str | None = None) -> list[str]:
     pattern = FileSystems.join(
-        settings.output_dir,
+        directory or settings.output_dir,
         f"{tfrecords.SHARD_PREFIX}-*{tfrecords.shard_suffix(settings.compression)}",
     )
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
@@ -131,27 +196,43 @@ def count_records(paths: list[str], compression: str) -> int:
 def _clear_outputs(settings) -> None:
     """Before every run: clears the temporary pieces of interrupted runs
     (ours by name); with --overwrite also our previous shards and metadata,
-    nothing else. `metadata.json`, the commit marker, goes first, so a run
-    killed while clearing never leaves old metadata over missing shards."""
+    nothing else, in OUTPUT_DIR and in its held-out split OUTPUT_DIR/eval
+    (cleared even when this run holds nothing out: an old held-out split
+    must not sit beside new training records). `metadata.json`, the commit
+    marker, goes first, so a run killed while clearing never leaves old
+    metadata over missing shards."""
+    held_out = eval_dir(settings.output_dir)
     if not FileSystems.exists(settings.output_dir):
         FileSystems.mkdirs(settings.output_dir)
-        return
-    leftovers = options.clear_leftovers(settings.output_dir, [tfrecords.TEMP_PREFIX])
-    if leftovers:
-        logging.getLogger(__name__).info(
-            "removed %d temporary piece(s) of an interrupted run", len(leftovers)
-        )
-    paths = []
-    for name in (features.METADATA_FILE, loader.RESOLVED_CONFIG_FILE):
-        path = FileSystems.join(settings.output_dir, name)
-        if FileSystems.exists(path):
-            paths.append(path)
-    stale = FileSystems.match(
-        [FileSystems.join(settings.output_dir, f"{tfrecords.SHARD_PREFIX}-*")]
-    )[0].metadata_list
-    paths += [m.path for m in stale]
-    for path in paths:  # in order: the commit marker first
+    paths, metadata_files = [], []
+    for directory in (settings.output_dir, held_out):
+        if not FileSystems.exists(directory):
+            continue
+        leftovers = options.clear_leftovers(directory, [tfrecords.TEMP_PREFIX])
+        if leftovers:
+            logging.getLogger(__name__).info(
+                "removed %d temporary piece(s) of an interrupted run", len(leftovers)
+            )
+        for name in (features.METADATA_FILE, loader.RESOLVED_CONFIG_FILE):
+            path = FileSystems.join(directory, name)
+            if FileSystems.exists(path):
+                (metadata_files if name == features.METADATA_FILE else paths).append(
+                    path
+                )
+        stale = FileSystems.match(
+            [FileSystems.join(directory, f"{tfrecords.SHARD_PREFIX}-*")]
+        )[0].metadata_list
+        paths += [m.path for m in stale]
+    for path in metadata_files + paths:  # in order: the commit markers first
         FileSystems.delete([path])
+    if settings.eval_documents:
+        if not FileSystems.exists(held_out):
+            FileSystems.mkdirs(held_out)
+    elif "://" not in held_out and os.path.isdir(held_out):
+        try:
+            os.rmdir(held_out)  # only when nothing of the user's is left there
+        except OSError:
+            pass
 
 
 def why_nothing(counters: dict | None, empty_files=()) -> str:
@@ -184,15 +265,65 @@ def why_nothing(counters: dict | None, empty_files=()) -> str:
 
 def write_metadata(settings, result, seconds: float) -> dict:
     """Writes `config.yaml`, then `metadata.json` (the commit marker) from
-    the run's counters.
+    the run's counters; returns the training split's metadata.
+
+    With held-out documents, `OUTPUT_DIR/eval/` gets its own `config.yaml`
+    and `metadata.json` first, and the training `metadata.json`, written
+    last, commits both: a run killed in between leaves OUTPUT_DIR without
+    metadata, which every consumer refuses.
 
     Raises:
-        options.JobFailed: the job wrote no instance (its empty shards are
-            removed and no metadata is written, so nothing can train on it).
+        options.JobFailed: the job wrote no instance, or held documents out
+            that made no instance (the empty shards are removed and no
+            metadata is written, so nothing can train on it).
+    """
+    totals = counter_totals(result)
+    meta = _split_metadata(settings, settings.output_dir, totals, seconds)
+    held_out = None
+    if settings.eval_documents:
+        eval_totals = counter_totals(result, "eval")
+        held_out = _split_metadata(
+            settings, eval_dir(settings.output_dir), eval_totals, seconds
+        )
+        documents = held_out_documents(eval_totals)
+        held_out.update(split="eval", held_out_documents=documents)
+        meta.update(
+            held_out_documents=documents,
+            eval_dir=features.EVAL_SPLIT_DIR,
+            eval_num_examples=held_out["num_examples"],
+        )
+        loader.dump_config(ExperimentConfig(data=settings.data), held_out["path"])
+        metadata.write_metadata(held_out.pop("path"), held_out)
+        meta["eval"] = held_out  # for the summary; not written
+    path = meta.pop("path")
+    loader.dump_config(ExperimentConfig(data=settings.data), path)
+    # Last: the commit marker of the whole output directory.
+    metadata.write_metadata(path, {k: v for k, v in meta.items() if k != "eval"})
+    return meta
+
+
+def held_out_documents(eval_totals: dict | None) -> int | None:
+    """Distinct texts held out (copies of one text count once, as they are
+    paired once); None when the runner reported no metrics."""
+    if eval_totals is None:
+        return None
+    held = eval_totals.get(f"{holdout.NAMESPACE}/{holdout.DOCUMENTS_HELD_OUT}", 0)
+    copies = eval_totals.get(
+        f"{sentence_pairs.NAMESPACE}/{sentence_pairs.DOCUMENTS_DUPLICATE}", 0
+    )
+    return held - copies
+
+
+def _split_metadata(settings, directory: str, totals, seconds: float) -> dict:
+    """The metadata of one split's shards in `directory` (with `path`, the
+    directory, to pop before writing).
+
+    Raises:
+        options.JobFailed: the split's shards hold no record.
     """
     data = settings.data
-    shards = _shards(settings)
-    totals = counter_totals(result)
+    shards = _shards(settings, directory)
+    held_out = directory != settings.output_dir
     # `num_examples` is counted in the committed shards (frame headers), not
     # taken from the records-written counter: a runner that retried a
     # bundle may keep the failed attempt's counts (BundleBasedDirectRunner
@@ -209,15 +340,27 @@ def write_metadata(settings, result, seconds: float) -> dict:
     if not written:
         if shards:
             FileSystems.delete(shards)
+        if held_out:
+            c = totals or {}
+            raise options.JobFailed(
+                f"--eval_documents={settings.eval_documents} held out "
+                f"{held_out_documents(totals)} document(s), which made no "
+                "pretraining instance ("
+                f"{c.get(f'{sentence_pairs.NAMESPACE}/{sentence_pairs.PAIRS}', 0)}"
+                f" pair(s) made); hold out more documents; nothing committed "
+                f"to {settings.output_dir}"
+            )
         raise options.JobFailed(
             f"no pretraining instances from {settings.input} ("
             f"{why_nothing(totals, settings.empty_files)}); nothing written to "
             f"{settings.output_dir}"
         )
     c = totals or {}
-    meta = {
+    return {
+        "path": directory,
         "format_version": features.METADATA_FORMAT_VERSION,
         "kind": "pretraining",
+        "split": "eval" if held_out else "train",
         "num_examples": int(written),
         "num_shards": len(shards),
         "max_seq_length": data.max_seq_length,
@@ -240,6 +383,8 @@ def write_metadata(settings, result, seconds: float) -> dict:
         "compression": settings.compression,
         "tool_version": metadata.tool_version(),
         "shards": [s.rsplit("/", 1)[-1] for s in shards],
+        "eval_documents": settings.eval_documents,
+        "held_out_documents": 0,
         "counters": dict(sorted(c.items())) if totals else None,
         "label_counts": {
             str(features.IS_NEXT): c.get(
@@ -251,9 +396,6 @@ def write_metadata(settings, result, seconds: float) -> dict:
         },
         "seconds": round(seconds, 1),
     }
-    loader.dump_config(ExperimentConfig(data=data), settings.output_dir)
-    metadata.write_metadata(settings.output_dir, meta)  # last: the commit marker
-    return meta
 
 
 def summary(meta: dict) -> str:
@@ -280,6 +422,15 @@ def summary(meta: dict) -> str:
         f"1={meta['label_counts']['1']}; pairs truncated: "
         f"{get(sentence_pairs.NAMESPACE, sentence_pairs.PAIRS_TRUNCATED)}",
     ]
+    held_out = meta.get("eval")
+    if held_out:
+        lines.append(
+            f"  held out: {held_out['held_out_documents']} document(s) "
+            f"(--eval_documents={meta['eval_documents']}) -> "
+            f"{held_out['num_examples']} instances in {held_out['num_shards']} "
+            f"shard(s) in {features.EVAL_SPLIT_DIR}/, none of their text in "
+            "training"
+        )
     skipped = {
         k: v
         for k, v in c.items()

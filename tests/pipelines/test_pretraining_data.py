@@ -429,3 +429,178 @@ def test_any_run_clears_pieces_of_an_interrupted_run(tmp_path, corpus_file, voca
         "pretraining-00000-of-00002.tfrecord",
         "pretraining-00001-of-00002.tfrecord",
     ]
+
+
+# === --eval_documents: whole documents held out into OUTPUT_DIR/eval/ ===
+
+
+def _doc_ids(lines, vocab_tokens):
+    """A document's WordPiece ids, its sentences back to back."""
+    from configs import tokenization
+
+    tokenizer = tokenization.build_tokenizer(vocab_tokens, True)
+    return tokenizer.tokenize(tf.constant(lines)).flat_values.numpy().tolist()
+
+
+def _segments(directory):
+    """Segments A and B of every record, with the masked tokens restored."""
+    files = sorted(glob.glob(os.path.join(directory, "pretraining-*.tfrecord")))
+    ds = tf.data.TFRecordDataset(files).map(
+        lambda r: tf.io.parse_single_example(r, bert_spec(SEQ, PRED))
+    )
+    out = []
+    for r in ds:
+        r = {k: v.numpy() for k, v in r.items()}
+        ids = r["input_ids"].copy()
+        m = int(r["masked_lm_weights"].sum())
+        ids[r["masked_lm_positions"][:m]] = r["masked_lm_ids"][:m]
+        n, a = int(r["input_mask"].sum()), int((r["segment_ids"] == 0).sum())
+        n_a = a - (SEQ - n)  # [CLS] A [SEP]
+        out.append(ids[1 : n_a - 1].tolist())
+        out.append(ids[n_a : n - 1].tolist())
+    return out
+
+
+def _within(segment, doc):
+    """True when `segment` is a contiguous run of `doc`'s ids."""
+    return f" {' '.join(map(str, segment))} " in f" {' '.join(map(str, doc))} "
+
+
+def test_eval_documents_holds_whole_documents_out(
+    tmp_path, corpus_file, vocab_file, vocab_tokens
+):
+    from configs.schema import ConfigError
+    from pipelines import holdout, inspect
+
+    out, again = str(tmp_path / "out"), str(tmp_path / "again")
+    meta = pretraining_data.run(
+        _argv(corpus_file, vocab_file, out, "--eval_documents=1")
+    )
+    docs = [d.splitlines() for d in CORPUS_TEXT.strip().split("\n\n")]
+    # The held-out document is the one with the smallest seeded hash.
+    held = min(docs, key=lambda d: holdout.hold_out_hash(7, text.fingerprint(d)))
+    held_ids = _doc_ids(held, vocab_tokens)
+    kept_ids = [_doc_ids(d, vocab_tokens) for d in docs if d is not held]
+    evals = _segments(os.path.join(out, "eval"))
+    trains = _segments(out)
+    assert evals and trains
+    # Every held-out segment comes from the held-out document, and no
+    # training segment does: nothing of it leaks into training.
+    assert all(_within(s, held_ids) for s in evals)
+    assert not any(_within(s, d) for s in evals for d in kept_ids)
+    assert all(any(_within(s, d) for d in kept_ids) for s in trains)
+    assert not any(_within(s, held_ids) for s in trains)
+
+    # Each split has its own committed metadata, valid for the checks.
+    eval_meta = metadata.read_metadata(os.path.join(out, "eval"))
+    assert metadata.held_out_split(out) == os.path.join(out, "eval")
+    assert set(metadata.PRETRAINING_KEYS) <= set(eval_meta)
+    assert eval_meta["split"] == "eval" and eval_meta["held_out_documents"] == 1
+    assert eval_meta["num_examples"] == len(evals) // 2
+    assert eval_meta["num_shards"] == 2 and eval_meta["eval_documents"] == 1
+    assert eval_meta["counters"]["WriteTfRecords/records-written"] == len(evals) // 2
+    assert os.path.exists(os.path.join(out, "eval", "config.yaml"))
+    written = json.load(open(os.path.join(out, "metadata.json")))
+    assert written["split"] == "train" and written["held_out_documents"] == 1
+    assert written["eval_dir"] == "eval"
+    assert written["eval_num_examples"] == eval_meta["num_examples"]
+    assert written["num_examples"] == meta["num_examples"] == len(trains) // 2
+    c = written["counters"]
+    assert c["HoldOutDocuments/documents-held-out"] == 1
+    assert c["HoldOutDocuments/documents-kept-for-training"] == 2
+    assert c["WriteTfRecords/records-written"] == written["num_examples"]
+    for m in (written, eval_meta):
+        metadata.check_compatible(
+            m,
+            kind="pretraining",
+            max_seq_length=SEQ,
+            max_predictions_per_seq=PRED,
+            vocabulary_size=len(vocab_tokens),
+            vocab_sha256=features.vocab_sha256(vocab_file),
+        )
+    with pytest.raises(ConfigError):  # the checks still bite
+        metadata.check_compatible(eval_meta, kind="pretraining", max_seq_length=64)
+    # Readers of OUTPUT_DIR never count the held-out shards as training's.
+    stats = inspect.run([out, "--num_instances=0"])
+    assert stats["records_read"] == written["num_examples"]
+    assert stats["held_out_split"] == os.path.join(out, "eval")
+
+    # Same seed, other sharding: the same split and the same records.
+    pretraining_data.run(
+        _argv(corpus_file, vocab_file, again, "--eval_documents=1", "--num_shards=3")
+    )
+    assert read_records(os.path.join(again, "eval")) == read_records(
+        os.path.join(out, "eval")
+    )
+    assert read_records(again) == read_records(out)
+
+    # A rerun without held-out documents clears the old split: no stale
+    # held-out records beside new training ones.
+    pretraining_data.run(_argv(corpus_file, vocab_file, out, "--overwrite"))
+    assert not os.path.exists(os.path.join(out, "eval"))
+    assert metadata.held_out_split(out) is None
+
+
+def _many_documents(path, n, seed=0):
+    """A corpus of `n` short documents of the test vocabulary's words."""
+    from testdata import WORDS
+
+    rng = random.Random(seed)
+    docs = [
+        "\n".join(" ".join(rng.choices(WORDS, k=6)) + " ." for _ in range(3))
+        for _ in range(n)
+    ]
+    path.write_text("\n\n".join(docs) + "\n")
+    return [d.splitlines() for d in docs]
+
+
+def test_eval_fraction_is_honoured_on_a_real_job(tmp_path, vocab_file):
+    from pipelines import holdout
+
+    corpus = tmp_path / "many.txt"
+    docs = _many_documents(corpus, 200)
+    out = tmp_path / "out"
+    meta = pretraining_data.run(
+        _argv(corpus, vocab_file, out, "--eval_documents=0.2", "--dupe_factor=1")
+    )
+    bound = holdout.fraction_bound(0.2)
+    expected = sum(holdout.hold_out_hash(7, text.fingerprint(d)) < bound for d in docs)
+    assert abs(expected - 40) < 4 * 6  # binomial(200, 0.2): sd 5.7
+    assert meta["held_out_documents"] == expected
+    assert meta["counters"]["HoldOutDocuments/documents-kept-for-training"] == (
+        200 - expected
+    )
+    eval_meta = metadata.read_metadata(str(out / "eval"))
+    assert eval_meta["held_out_documents"] == expected
+    assert eval_meta["eval_documents"] == 0.2 and eval_meta["num_examples"] > 0
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("-1", "eval_documents -1 is negative"),
+        ("1.5", "a fraction must be at least 0 and below 1"),
+        ("1.0", "below 1"),
+        ("some", "neither a count of documents"),
+    ],
+)
+def test_bad_eval_documents_stop_with_one_line(
+    tmp_path, capsys, corpus_file, vocab_file, value, message
+):
+    argv = _argv(corpus_file, vocab_file, tmp_path / "o", f"--eval_documents={value}")
+    code, err = _main_error(capsys, argv)
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "o").exists()  # before any work
+
+
+def test_eval_documents_that_leave_nothing_fail_with_one_line(
+    tmp_path, capsys, corpus_file, vocab_file
+):
+    out = tmp_path / "out"
+    argv = _argv(corpus_file, vocab_file, out, "--eval_documents=3")
+    code, err = _main_error(capsys, argv)
+    assert code == 1 and len(err) == 1, err
+    assert "eval_documents=3 would hold out every document" in err[0], err
+    assert "nothing would be left to train on" in err[0]
+    assert not (out / "metadata.json").exists()
+    assert not (out / "eval" / "metadata.json").exists()
