@@ -238,11 +238,13 @@ def test_overwrite_replaces_only_our_files(tmp_path, corpus_file, vocab_file):
     assert "notes.txt" in names and "pretraining-00000-of-00009.tfrecord" not in names
 
 
-def test_dataflow_dry_run_builds_the_job(tmp_path, corpus_file, vocab_file):
+@pytest.mark.parametrize("held_out", [False, True], ids=["plain", "eval_documents"])
+def test_dataflow_dry_run_builds_the_job(tmp_path, corpus_file, vocab_file, held_out):
     pytest.importorskip("apache_beam.runners.dataflow")
     setup_py = os.path.join(os.path.dirname(__file__), "..", "..", "setup.py")
+    extra = ["--eval_documents=2"] if held_out else []
     settings, opts = options.parse(
-        _argv(corpus_file, vocab_file, tmp_path / "out")
+        _argv(corpus_file, vocab_file, tmp_path / "out", *extra)
         + [
             "--runner=DataflowRunner",
             "--dry_run=True",
@@ -266,6 +268,15 @@ def test_dataflow_dry_run_builds_the_job(tmp_path, corpus_file, vocab_file):
         "Write/Concatenate",
     ):
         assert stage in names
+    held_out_stages = (
+        "HoldOutDocuments/ReadForHashes",
+        "HoldOutDocuments/SmallestHashes",
+        "HoldOutDocuments/Split",
+        "HeldOut/Tokenize/Tokenize",
+        "HeldOut/CreatePairs/PairSentences",
+        "HeldOut/Write/Concatenate",
+    )
+    assert all((stage in names) == held_out for stage in held_out_stages), names
 
 
 def test_portable_runner_loopback(tmp_path, corpus_file, vocab_file):
