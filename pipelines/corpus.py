@@ -22,7 +22,7 @@ lines that are not valid UTF-8 are decoded with U+FFFD replacements, lines
 longer than `max_line_bytes` are dropped, unparseable JSONL records and
 records without the text field are skipped. A compressed file that is
 truncated or corrupt is the exception: it stops the job with one line
-naming the file (`pipelines.options.JobFailed`), since the rest of it
+naming the file (`pipelines.errors.JobFailed`), since the rest of it
 would otherwise be lost without a count.
 """
 
