@@ -20,8 +20,17 @@ import os
 import shutil
 import uuid
 
-# errno values that mean "the filesystem is full" (quota included).
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# errno values that mean "this write cannot fit": the filesystem is full,
+# a quota is used up, or the file reached a size limit (the filesystem's
+# largest file, or the process's `ulimit -f` with SIGXFSZ ignored). Each
+# is handled as a full disk: one line, nothing cut left under a final name.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# What TensorFlow's and h5py's wrappers keep of those errors: the message.
+_DISK_FULL_MESSAGES = {
+    errno.ENOSPC: "No space left on device",
+    errno.EDQUOT: "Disk quota exceeded",
+    errno.EFBIG: "File too large",
+}
 
 
 def is_remote(path: str) -> bool:
@@ -124,6 +133,43 @@ def write_atomic(path: str, data: bytes | str) -> str:
     return path
 
 
+def why_not_writable(path: str) -> str | None:
+    """Why a file could not be written at local `path`, or None if it can.
+
+    Checked before any work, so a job does not compute everything and
+    then fail on the write: a directory in the file's place, a file where
+    a directory belongs, a missing or unwritable parent (a read-only
+    mount, `/proc`), tried for real with a probe file, because root passes
+    every permission check but still cannot write a read-only filesystem.
+    Remote paths are not checked here (None).
+    """
+    if is_remote(path):
+        return None
+    path = os.path.abspath(str(path))
+    if os.path.isdir(path):
+        return f"{path} is a directory; give a file path"
+    parent = os.path.dirname(path)
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is a file, not a directory"
+    if existing != parent:
+        return f"directory {parent} does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"directory {parent} is not writable"
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return f"{path} is not writable"
+    probe = os.path.join(parent, f".write-check-{uuid.uuid4().hex[:8]}")
+    try:
+        open(probe, "wb").close()
+    except OSError as e:
+        return f"cannot write in {parent}: {e.strerror or e}"
+    with contextlib.suppress(OSError):
+        os.remove(probe)
+    return None
+
+
 @contextlib.contextmanager
 def names_errors(path: str):
     """Re-raises an `OSError` without a file name as one naming `path`.
@@ -155,21 +201,50 @@ def free_bytes(path: str) -> int | None:
 
 def is_disk_full(error: BaseException) -> bool:
     """True for an error that says the filesystem is full (any layer's)."""
+    return _disk_full_errno(error) is not None
+
+
+def _disk_full_errno(error: BaseException) -> int | None:
+    """The DISK_FULL_ERRNOS value `error` stands for, or None."""
     if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
-        return True
-    # TensorFlow's and h5py's wrappers keep only the message.
-    return "No space left on device" in str(error) or "Disk quota" in str(error)
+        return error.errno
+    text = str(error)
+    for number, message in _DISK_FULL_MESSAGES.items():
+        if message in text:
+            return number
+    return None
 
 
-def disk_full_line(error: BaseException, path: str = "") -> str:
-    """One line: which file could not be written, and the space left."""
+def disk_full_error(error: BaseException, path: str) -> OSError:
+    """`error` (a full disk in any layer's wrapper) as an `OSError` naming
+    `path`, with the errno it stands for (ENOSPC, EDQUOT or EFBIG)."""
+    number = _disk_full_errno(error) or errno.ENOSPC
+    return OSError(number, os.strerror(number), str(path))
+
+
+RESUMES = "the run resumes from its last complete checkpoint"
+
+
+def disk_full_line(error: BaseException, path: str = "", then: str = RESUMES) -> str:
+    """One line: which file could not be written, why, and the space left.
+
+    `then` says what rerunning does (a trainer resumes; an export starts
+    again).
+    """
     target = getattr(error, "filename", None) or path
     free = free_bytes(target) if target else None
     room = f"; {_human(free)} free there" if free is not None else ""
+    if _disk_full_errno(error) == errno.EFBIG:
+        return (
+            f"file too large writing {target}{room}: the filesystem's largest "
+            "file or this process's file-size limit (ulimit -f) was reached; "
+            f"raise it (or use another directory) and rerun; {then}"
+        )
+    quota = _disk_full_errno(error) == errno.EDQUOT
+    what = "disk quota exceeded" if quota else "no space left on device"
     return (
-        f"no space left on device writing {target}{room}: free space (or "
-        "use another directory) and rerun; the run resumes from its last "
-        "complete checkpoint"
+        f"{what} writing {target}{room}: free space (or use another "
+        f"directory) and rerun; {then}"
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import io
 import os
 import sys
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from configs import example_proto, features, fileio, metadata, records
 from configs.cli import program_name
+from pipelines.errors import UsageError
 
 MAX_RECORDS = 100_000  # statistics read at most this many records
 
@@ -33,7 +35,11 @@ def _parse_args(argv):
         default=3,
         help="instances printed as tokens (default 3)",
     )
-    p.add_argument("--histogram", default="", help="PNG path for the histogram")
+    p.add_argument(
+        "--histogram",
+        default="",
+        help="PNG path for the histogram (default DATA_DIR/sequence_lengths.png)",
+    )
     p.add_argument(
         "--max_records",
         type=int,
@@ -94,6 +100,7 @@ def decode_instance(record: dict, vocab: list[str]) -> str:
 
 
 def write_histogram(lengths: list[int], path: str, max_seq_length: int) -> str:
+    """Draws the lengths as a PNG at `path` (written whole, then renamed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,8 +112,25 @@ def write_histogram(lengths: list[int], path: str, max_seq_length: int) -> str:
     ax.set_ylabel("instances")
     ax.set_title(f"sequence lengths ({len(lengths)} instances)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    return fileio.write_atomic(path, png.getvalue())
+
+
+def histogram_path(args) -> str:
+    """Where the histogram goes; checked writable before any record is read.
+
+    Raises:
+        UsageError: the path cannot be written (one line).
+    """
+    path = args.histogram
+    if not path:
+        local = "://" not in args.data_dir
+        path = os.path.join(args.data_dir if local else ".", "sequence_lengths.png")
+    reason = fileio.why_not_writable(path)
+    if reason:
+        raise UsageError(f"--histogram {path}: {reason}")
     return path
 
 
@@ -121,6 +145,7 @@ def run(argv=None) -> dict:
     if not vocab_path:
         raise SystemExit("error: no metadata.json with vocab_file here: pass --vocab")
     vocab = features.read_vocab(vocab_path)
+    path = histogram_path(args)  # before reading: no work lost on a bad path
 
     if meta is None:
         print(f"{args.data_dir}: no metadata.json; lengths come from the records")
@@ -169,12 +194,11 @@ def run(argv=None) -> dict:
         f"({100 * stats['full_length_fraction']:.1f}% full), mean masked "
         f"{stats['mean_masked']:.2f}, label 1 {100 * stats['label_fraction_1']:.1f}%"
     )
-    path = args.histogram
-    if not path:
-        local = "://" not in args.data_dir
-        path = os.path.join(args.data_dir if local else ".", "sequence_lengths.png")
     stats["held_out_split"] = held_out
-    stats["histogram"] = write_histogram(lengths, path, max_seq_length)
+    try:
+        stats["histogram"] = write_histogram(lengths, path, max_seq_length)
+    except OSError as e:  # checked writable at the start: a full disk, most likely
+        raise SystemExit(f"error: cannot write {path}: {e.strerror or e}") from None
     print(f"histogram: {stats['histogram']}")
     return stats
 
@@ -184,6 +208,9 @@ def main(argv=None):
         run(argv)
     except BrokenPipeError:  # `| head`
         sys.exit(0)
+    except UsageError as e:  # a path that cannot be written, before any work
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except records.RecordError as e:  # a cut or corrupt shard: name it
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
