@@ -10,6 +10,7 @@ TF-free (read by `--help` before anything heavy is imported).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import inspect
@@ -138,3 +139,31 @@ def quiet_tensorflow_logs() -> None:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     if "tensorflow" not in sys.modules:
         sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+def parse_bool(value: str) -> bool:
+    """`--flag=VALUE` as a bool: 1/true/yes/y/on or 0/false/no/n/off."""
+    lowered = str(value).strip().lower()
+    if lowered in ("1", "true", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def add_overwrite_flag(add, replaces: str) -> None:
+    """Adds `--overwrite` (or `--overwrite=true|false`), default false.
+
+    One definition for every command that refuses to replace a finished
+    result (DESIGN.md: "Output locations"), so the flag takes the same
+    values everywhere. `add` is a parser's `add_argument`; `replaces` says
+    what the flag replaces, e.g. "replace an earlier export in --export_dir".
+    """
+    add(
+        "--overwrite",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help=f"{replaces} (default false: refuse)",
+    )

@@ -64,7 +64,12 @@ import time
 import numpy as np
 
 from configs import features, fileio, output_lock
-from configs.cli import flag_help, program_name, quiet_tensorflow_logs
+from configs.cli import (
+    add_overwrite_flag,
+    flag_help,
+    program_name,
+    quiet_tensorflow_logs,
+)
 from configs.loader import RESOLVED_CONFIG_FILE, dump_config, load_config
 from configs.loader import load_resolved
 from configs.schema import ConfigError, FinetuneConfig
@@ -155,10 +160,8 @@ def _parse_flags(argv):
         "(applied last; repeatable)",
     )
     add("--quiet", action="store_true", help="no per-step lines")
-    add(
-        "--overwrite",
-        action="store_true",
-        help="replace a finished run (one with eval_metrics.json) in --model_dir",
+    add_overwrite_flag(
+        add, "replace a finished run (one with eval_metrics.json) in --model_dir"
     )
     args, unknown = parser.parse_known_args(argv)
     if unknown:

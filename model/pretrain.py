@@ -37,7 +37,12 @@ import sys
 import time
 
 from configs import fileio, output_lock
-from configs.cli import flag_help, program_name, quiet_tensorflow_logs
+from configs.cli import (
+    add_overwrite_flag,
+    flag_help,
+    program_name,
+    quiet_tensorflow_logs,
+)
 from configs.loader import dump_config, load_config
 from configs.schema import ConfigError, PretrainConfig
 from model import pretrain_budget as budget
@@ -110,10 +115,9 @@ def parse_args(argv):
         "checkpoint prefix; its sizes and vocabulary replace the config's "
         "(ignored when model_dir already has checkpoints)",
     )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start over: delete the earlier run's checkpoints, metrics and "
+    add_overwrite_flag(
+        parser.add_argument,
+        "start over: delete the earlier run's checkpoints, metrics and "
         "weights in --model_dir (without it a run resumes, or is refused "
         "when its history cannot be resumed)",
     )

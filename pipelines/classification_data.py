@@ -36,7 +36,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from configs import features, metadata, output_lock, tokenization
-from configs.cli import program_name
+from configs.cli import add_overwrite_flag, program_name
 from configs.labelled_text import (  # noqa: F401 (re-exported reasons)
     BAD_COLUMNS,
     BAD_JSON,
@@ -373,14 +373,7 @@ def _parse_flags(argv):
         help="fail when more than this fraction of rows is bad (default "
         f"{DEFAULT_MAX_BAD_FRACTION}); 1 accepts any number",
     )
-    add(
-        "--overwrite",
-        type=options.parse_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="replace a finished output (default false: refuse)",
-    )
+    add_overwrite_flag(add, "replace a finished output")
     return parser.parse_known_args(argv)
 
 

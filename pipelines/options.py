@@ -22,7 +22,13 @@ import os
 import sys
 
 from configs import features
-from configs.cli import flag_help, program_name, quiet_tensorflow_logs
+from configs.cli import (
+    add_overwrite_flag,
+    flag_help,
+    parse_bool,
+    program_name,
+    quiet_tensorflow_logs,
+)
 from configs.schema import CHOICES, ConfigError, DataConfig
 from pipelines import corpus, holdout, tfrecords
 
@@ -81,15 +87,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):  # one line, not usage + error
         raise UsageError(message)
-
-
-def parse_bool(value: str) -> bool:
-    lowered = str(value).strip().lower()
-    if lowered in ("1", "true", "yes", "y", "on"):
-        return True
-    if lowered in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,14 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         "records go to OUTPUT_DIR/eval/ with a metadata.json of their own "
         "(default 0: none)",
     )
-    add(
-        "--overwrite",
-        type=parse_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="replace a finished output directory (default false: refuse)",
-    )
+    add_overwrite_flag(add, "replace a finished output directory")
     return p
 
 

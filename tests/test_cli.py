@@ -173,3 +173,29 @@ def test_readme_lists_every_console_script():
     listed = set(re.findall(r"`(bert-[\w-]+)`", listed.split("\n\n", 1)[0]))
     assert scripts == set(COMMANDS.values())
     assert listed == scripts
+
+
+def test_overwrite_is_one_flag_with_the_same_values_everywhere():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    cli.add_overwrite_flag(parser.add_argument, "replace it")
+    assert parser.parse_args([]).overwrite is False
+    assert parser.parse_args(["--overwrite"]).overwrite is True
+    assert parser.parse_args(["--overwrite=false"]).overwrite is False
+    assert parser.parse_args(["--overwrite=yes"]).overwrite is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--overwrite=maybe"])
+    assert "replace it (default false: refuse)" in parser.format_help()
+    # Every command that writes a result takes it from there.
+    for path in (
+        "model/pretrain.py",
+        "model/finetune.py",
+        "model/export.py",
+        "pipelines/options.py",
+        "pipelines/batch_predict.py",
+        "pipelines/classification_data.py",
+    ):
+        with open(os.path.join(ROOT, path)) as f:
+            source = f.read()
+        assert '"--overwrite",' not in source and "add_overwrite_flag(" in source

@@ -37,6 +37,18 @@ def _hold(location, seconds=60):
     return proc
 
 
+def _run(*argv):
+    """Runs `python ARGV...` from the repository root; its result, text."""
+    return subprocess.run(
+        [sys.executable, *argv],
+        cwd=ROOT,
+        env=_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_second_process_refused_naming_the_holder(tmp_path):
     out = tmp_path / "run"
     holder = _hold(out)
@@ -71,9 +83,7 @@ def test_lock_released_when_the_process_fails(tmp_path):
         "import sys\nfrom configs import output_lock\n"
         f"output_lock.acquire({str(out)!r}, 'x')\nraise SystemExit('error: boom')"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=_ENV, capture_output=True, text=True
-    )
+    proc = _run("-c", code)
     assert proc.returncode == 1
     assert not os.path.exists(output_lock.lock_path(str(out)))
 
@@ -109,22 +119,14 @@ def test_data_job_refused_while_another_writes_the_directory(
     out = tmp_path / "records"
     holder = _hold(out)
     try:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pipelines.pretraining_data",
-                f"--input={corpus_file}",
-                f"--vocab={vocab_file}",
-                f"--output_dir={out}",
-                "--max_seq_length=32",
-                "--max_predictions_per_seq=5",
-            ],
-            cwd=ROOT,
-            env=_ENV,
-            capture_output=True,
-            text=True,
-            timeout=300,
+        proc = _run(
+            "-m",
+            "pipelines.pretraining_data",
+            f"--input={corpus_file}",
+            f"--vocab={vocab_file}",
+            f"--output_dir={out}",
+            "--max_seq_length=32",
+            "--max_predictions_per_seq=5",
         )
     finally:
         holder.kill()
@@ -146,14 +148,7 @@ def test_trainers_refused_while_another_holds_the_model_dir(
         "model.finetune": [f"--train={corpus_file}", f"--eval={corpus_file}"],
     }[command]
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", command, f"--model_dir={model_dir}", *flags],
-            cwd=ROOT,
-            env=_ENV,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        proc = _run("-m", command, f"--model_dir={model_dir}", *flags)
     finally:
         holder.kill()
         holder.wait()
