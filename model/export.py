@@ -30,13 +30,14 @@ and names, `assets.extra/vocab.txt` a copy of the vocabulary.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import uuid
 
 from configs import features, fileio, output_lock
-from configs.cli import program_name, quiet_tensorflow_logs
+from configs.cli import add_overwrite_flag, program_name, quiet_tensorflow_logs
 from configs.loader import load_resolved
 from configs.schema import ConfigError
 
@@ -105,26 +106,52 @@ def export_classifier(
         for stale in fileio.glob(f"{final_dir}.tmp-*"):  # killed exports'
             fileio.remove(stale)
         export_dir = f"{final_dir}.tmp-{uuid.uuid4().hex[:8]}"
-    archive.write_out(export_dir, verbose=False)
-
-    extra = fileio.join(export_dir, "assets.extra")
-    fileio.makedirs(extra)
-    fileio.write_atomic(fileio.join(extra, "vocab.txt"), "\n".join(vocab) + "\n")
-    info = {
-        "labels": list(labels),
-        "label_names": list(label_names),
-        "max_seq_length": max_seq_length,
-        "do_lower_case": do_lower_case,
-    }
-    # Last: model.predict reads the label names from it.
-    fileio.write_atomic(fileio.join(extra, LABELS_FILE), json.dumps(info, indent=2))
-    if export_dir != final_dir:
-        old = f"{export_dir}.old"
-        if os.path.exists(final_dir):
-            os.replace(final_dir, old)
-        os.replace(export_dir, final_dir)
-        fileio.remove(old)
+    with _removed_on_failure(export_dir, final_dir):
+        archive.write_out(export_dir, verbose=False)
+        extra = fileio.join(export_dir, "assets.extra")
+        fileio.makedirs(extra)
+        fileio.write_atomic(fileio.join(extra, "vocab.txt"), "\n".join(vocab) + "\n")
+        info = {
+            "labels": list(labels),
+            "label_names": list(label_names),
+            "max_seq_length": max_seq_length,
+            "do_lower_case": do_lower_case,
+        }
+        # Last: model.predict reads the label names from it.
+        fileio.write_atomic(fileio.join(extra, LABELS_FILE), json.dumps(info, indent=2))
+    _rename_into_place(export_dir, final_dir)
     return final_dir
+
+
+@contextlib.contextmanager
+def _removed_on_failure(temp_dir: str, final_dir: str):
+    """Deletes the export being written at `temp_dir` if writing fails.
+
+    A full disk (or a file-size limit) mid-export would otherwise leave a
+    cut SavedModel beside the target until the next export. The error is
+    re-raised: a full disk (in TensorFlow's wrapper or not) as an `OSError`
+    naming `final_dir`, which `main` prints as one line.
+    """
+    try:
+        yield
+    except BaseException as e:
+        if temp_dir != final_dir:  # never delete what is under the final name
+            with contextlib.suppress(Exception):
+                fileio.remove(temp_dir)
+        if fileio.is_disk_full(e):  # named by the export, not its temp name
+            raise fileio.disk_full_error(e, final_dir) from None
+        raise
+
+
+def _rename_into_place(temp_dir: str, final_dir: str) -> None:
+    """Replaces `final_dir` with the whole export at `temp_dir` (local)."""
+    if temp_dir == final_dir:
+        return
+    old = f"{temp_dir}.old"
+    if os.path.exists(final_dir):
+        os.replace(final_dir, old)
+    os.replace(temp_dir, final_dir)
+    fileio.remove(old)
 
 
 def load_finetuned(model_dir: str):
@@ -210,11 +237,7 @@ def _run(argv=None) -> str:
         "run (BertForSequenceClassification) or a pretraining run "
         "(BertForPreTraining)",
     )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an earlier export in --export_dir",
-    )
+    add_overwrite_flag(parser.add_argument, "replace an earlier export in --export_dir")
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         raise ConfigError(f"unknown flag(s): {' '.join(unknown)}")
@@ -334,19 +357,15 @@ def export_huggingface(model_dir: str, export_dir: str) -> str:
     final_dir, temp_dir = export_dir.rstrip("/"), export_dir.rstrip("/")
     if not fileio.is_remote(final_dir):
         temp_dir = f"{final_dir}.tmp-{uuid.uuid4().hex[:8]}"
-    huggingface.export(
-        temp_dir,
-        model_cfg=cfg.model,
-        vocab=vocab,
-        do_lower_case=cfg.data.do_lower_case,
-        **parts,
-    )
-    if temp_dir != final_dir:
-        old = f"{temp_dir}.old"
-        if os.path.exists(final_dir):
-            os.replace(final_dir, old)
-        os.replace(temp_dir, final_dir)
-        fileio.remove(old)
+    with _removed_on_failure(temp_dir, final_dir):
+        huggingface.export(
+            temp_dir,
+            model_cfg=cfg.model,
+            vocab=vocab,
+            do_lower_case=cfg.data.do_lower_case,
+            **parts,
+        )
+    _rename_into_place(temp_dir, final_dir)
     print(f"exported {model_dir} -> {final_dir} (Hugging Face {what})")
     return final_dir
 
@@ -378,6 +397,12 @@ def main(argv=None):
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:
+        if not fileio.is_disk_full(e):
+            raise
+        then = "--export_dir is as it was (no cut export left); rerun to export"
+        print(f"error: {fileio.disk_full_line(e, then=then)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

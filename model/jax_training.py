@@ -222,30 +222,21 @@ class CheckpointFiles:
         in one line and the next older one is tried; when none can be read,
         `CheckpointError` refuses to start over the run's history.
         """
-        from model.training import CheckpointError
+        from model.training import restore_newest_intact
 
-        damaged = []
-        for step in reversed(self._steps()):
-            path = fileio.join(self.directory, f"ckpt-{step}.npz")
-            try:
-                arrays = _read_npz(path)
-            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-                reason = f"{type(e).__name__}: {str(e).strip()[:160]}"
-                print(f"checkpoint {path} is damaged ({reason})", flush=True)
-                damaged.append(path)
-                continue
-            if damaged:
-                print(
-                    f"falling back to {path}, the newest intact checkpoint",
-                    flush=True,
-                )
-            return self._assign(path, arrays), path
-        if damaged:
-            raise CheckpointError(
-                f"no checkpoint in {self.directory} can be read (newest "
-                f"{damaged[0]}): pass --overwrite to start the run again"
-            )
-        return 0, None
+        paths = [
+            fileio.join(self.directory, f"ckpt-{step}.npz")
+            for step in reversed(self._steps())
+        ]
+        path, arrays, _ = restore_newest_intact(
+            paths,
+            _read_npz,
+            (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile),
+            self.directory,
+        )
+        if path is None:
+            return 0, None
+        return self._assign(path, arrays), path
 
     def _assign(self, path, arrays):
         named = self._variables()

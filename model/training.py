@@ -216,27 +216,15 @@ class CheckpointState:
                 f"resuming from the checkpoint files found ({len(prefixes)})",
                 flush=True,
             )
-        damaged = []
-        for prefix in prefixes:
-            try:
-                self.checkpoint.restore(prefix).assert_existing_objects_matched()
-            except (tf.errors.OpError, ValueError, IndexError, AssertionError) as e:
-                reason = _first_line(e)
-                print(f"checkpoint {prefix} is damaged ({reason})", flush=True)
-                damaged.append(prefix)
-                continue
-            if damaged:
-                print(
-                    f"falling back to {prefix}, the newest intact checkpoint",
-                    flush=True,
-                )
-            if self.is_chief and (damaged or state is None):
-                self._rebuild_index(prefix, [p for p in prefixes if p not in damaged])
-            return int(self.step.numpy()), prefix
-        raise CheckpointError(
-            f"no checkpoint in {self.directory} can be read (newest "
-            f"{damaged[0]}): pass --overwrite to start the run again"
+        prefix, _, damaged = restore_newest_intact(
+            prefixes,
+            lambda p: self.checkpoint.restore(p).assert_existing_objects_matched(),
+            (tf.errors.OpError, ValueError, IndexError, AssertionError),
+            self.directory,
         )
+        if self.is_chief and (damaged or state is None):
+            self._rebuild_index(prefix, [p for p in prefixes if p not in damaged])
+        return int(self.step.numpy()), prefix
 
     def _rebuild_index(self, latest, intact):
         """Writes the `checkpoint` index for the intact checkpoints, so the
@@ -259,12 +247,12 @@ class CheckpointState:
         try:
             path = self.manager.save(checkpoint_number=step)
         except Exception as e:
+            # TensorFlow writes `ckpt-N_temp/` and renames it when whole: a
+            # failed write (a file-size limit, a full disk) leaves it.
+            for temp in glob.glob(os.path.join(self._write_dir, f"ckpt-{step}_temp*")):
+                fileio.remove(temp)
             if fileio.is_disk_full(e):
-                import errno
-
-                raise OSError(
-                    errno.ENOSPC, "No space left on device", self.directory
-                ) from None
+                raise fileio.disk_full_error(e, self.directory) from None
             raise
         if not self.is_chief:
             fileio.remove(self.manager.directory)
@@ -273,6 +261,49 @@ class CheckpointState:
 
 class CheckpointError(Exception):
     """No checkpoint of a run's history can be restored (one line)."""
+
+
+def restore_newest_intact(candidates, load, errors, directory):
+    """Loads the first of `candidates` (newest first) that `load` can read.
+
+    The one fallback rule of both backends' checkpoints: a damaged one (cut
+    short, emptied; `load` raises one of `errors`) is named in one line and
+    the next older one is tried; falling back is said in one line.
+
+    Args:
+        candidates: checkpoint paths or prefixes, newest first.
+        load: callable(candidate) -> anything; raises on a damaged one.
+        errors: the exception types that mean "damaged".
+        directory: where they live (named when none can be read).
+
+    Returns:
+        (candidate, what `load` returned, list of the damaged ones before
+        it); (None, None, []) when there are no candidates.
+
+    Raises:
+        CheckpointError: there are candidates but none can be read; the
+            run's history is not started over without --overwrite.
+    """
+    damaged = []
+    for candidate in candidates:
+        try:
+            loaded = load(candidate)
+        except errors as e:
+            print(f"checkpoint {candidate} is damaged ({_first_line(e)})", flush=True)
+            damaged.append(candidate)
+            continue
+        if damaged:
+            print(
+                f"falling back to {candidate}, the newest intact checkpoint",
+                flush=True,
+            )
+        return candidate, loaded, damaged
+    if damaged:
+        raise CheckpointError(
+            f"no checkpoint in {directory} can be read (newest "
+            f"{damaged[0]}): pass --overwrite to start the run again"
+        )
+    return None, None, []
 
 
 def _checkpoint_number(prefix):
@@ -616,9 +647,7 @@ def save_weights_atomic(model, path):
         with contextlib.suppress(Exception):
             fileio.remove(temp)
         if fileio.is_disk_full(e) and not isinstance(e, OSError):
-            import errno
-
-            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from e
+            raise fileio.disk_full_error(e, path) from e
         raise
     fileio.rename(temp, path, overwrite=True)
     return path

@@ -33,7 +33,8 @@ Output, in `--output_dir`:
     F1, the confusion matrix, the label values the model does not know)
     and `confusion_matrix.png`;
   * `summary.json`, written last: the run's counts. A directory with our
-    shards but no `summary.json` is an interrupted run.
+    shards but no `summary.json` is an interrupted run: the next run
+    clears what it left (its outputs, Beam's `beam-temp-*`) and says so.
 
 Only the SavedModel, TensorFlow and tensorflow-text are needed: Beam's own
 TensorFlow handler loads models through `tf.keras.models.load_model`, which
@@ -61,7 +62,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import TestOptions
 
 from configs import labelled_text, output_lock
-from configs.cli import program_name
+from configs.cli import add_overwrite_flag, program_name
 from configs.schema import ConfigError
 from pipelines import corpus, options
 from pipelines.classification_data import read_header
@@ -103,6 +104,13 @@ METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
 SUMMARY_FILE = "summary.json"  # written last: the run is complete
 _OUR_FILES = (DEAD_LETTER_FILE, METRICS_FILE, CONFUSION_PNG, SUMMARY_FILE)
+# What a killed run leaves besides its outputs: Beam's file sinks write
+# under `beam-temp-<name>-<uuid>/` beside their output and rename into place
+# at the end; `_write_atomic` writes `<name>.tmp-<pid>`. Every run clears them.
+TEMP_PREFIXES = tuple(
+    f"beam-temp-{name}-"
+    for name in (PREDICTIONS_PREFIX, DEAD_LETTER_FILE, METRICS_FILE)
+) + tuple(f"{name}.tmp-" for name in (CONFUSION_PNG, SUMMARY_FILE))
 
 COMPRESSIONS = ("none", "gzip")
 NAMESPACES = (PARSE_NAMESPACE, SCORE_NAMESPACE, EVAL_NAMESPACE)
@@ -202,14 +210,7 @@ def build_parser():
         choices=COMPRESSIONS,
         help="of the predictions files (default none)",
     )
-    add(
-        "--overwrite",
-        type=options.parse_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="replace an earlier run's outputs (default false: refuse)",
-    )
+    add_overwrite_flag(add, "replace an earlier run's outputs")
     return p
 
 
@@ -287,7 +288,10 @@ def parse(argv):
     model = read_saved_model_info(args.saved_model)
     options.check_output_dir(args.output_dir)
     earlier = _our_outputs(args.output_dir)
-    if earlier and not args.overwrite:
+    # Only a finished run (summary.json, written last) is a result to keep;
+    # what an interrupted one left is cleared by `_clear_outputs`.
+    finished = FileSystems.exists(FileSystems.join(args.output_dir, SUMMARY_FILE))
+    if earlier and finished and not args.overwrite:
         raise options.UsageError(
             f"--output_dir {args.output_dir} holds earlier predictions "
             f"({os.path.basename(earlier[0])}, ...): pass --overwrite to replace them"
@@ -394,13 +398,30 @@ def build_pipeline(p: beam.Pipeline, settings: BatchPredictSettings) -> None:
 
 
 def _clear_outputs(settings: BatchPredictSettings) -> None:
-    """With --overwrite: removes an earlier run's outputs, nothing else."""
-    if not FileSystems.exists(settings.output_dir):
-        FileSystems.mkdirs(settings.output_dir)
+    """Before every run: removes what killed runs left (Beam's `beam-temp-*`,
+    our `*.tmp-*`, the outputs of a run that never wrote `summary.json`) and,
+    with --overwrite, a finished run's outputs; nothing else. Says what an
+    interrupted run left. `summary.json`, the commit marker, goes first, so
+    a run killed while clearing never leaves it over missing shards."""
+    out = settings.output_dir
+    if not FileSystems.exists(out):
+        FileSystems.mkdirs(out)
         return
-    stale = _our_outputs(settings.output_dir)
+    summary = FileSystems.join(out, SUMMARY_FILE)
+    finished = FileSystems.exists(summary)
+    if finished:  # parse() refused it without --overwrite
+        FileSystems.delete([summary])
+    leftovers = options.clear_leftovers(out, TEMP_PREFIXES)
+    stale = _our_outputs(out)
     if stale:
         FileSystems.delete(stale)
+    if leftovers or (stale and not finished):
+        pieces = [p.rstrip("/").rsplit("/", 1)[-1] for p in leftovers + stale]
+        shown = ", ".join(pieces[:3]) + (", ..." if len(pieces) > 3 else "")
+        print(
+            f"note: removed {len(pieces)} piece(s) that an interrupted run "
+            f"left in {out} ({shown})"
+        )
 
 
 def run_pipeline(settings, pipeline_options):

@@ -6,7 +6,10 @@ several `conftest.py` files in the tree, `import conftest` resolves to
 whichever was imported first.
 """
 
+import contextlib
 import os
+import resource
+import signal
 import string
 
 import pytest
@@ -22,6 +25,22 @@ def shared_data(*parts):
     if not os.path.exists(path):
         pytest.skip(f"shared data not available: {path}")
     return path
+
+
+@contextlib.contextmanager
+def file_size_limit(limit):
+    """In this process, a write past `limit` bytes of any file fails with
+    EFBIG for real (a full disk without mount or root): RLIMIT_FSIZE's soft
+    limit, with SIGXFSZ (which would kill the process) ignored. Both are
+    restored after; the hard limit is untouched, so anyone may do this."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
 
 
 CORPUS_TEXT = """\

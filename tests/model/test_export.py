@@ -454,3 +454,20 @@ def test_predict_label_name_is_null_without_names(exported, tmp_path):
     out = io.StringIO()
     predict.run([f"--saved_model={serving}", "good"], stdout=out)
     assert json.loads(out.getvalue())["label_name"] is None
+
+
+def test_export_past_a_file_size_limit_is_one_line_and_leaves_nothing(
+    exported, tmp_path, capsys
+):
+    # EFBIG for real: saved_model.pb (~1 MiB) cannot be written past 64 KiB.
+    from testdata import file_size_limit
+
+    serving = tmp_path / "out" / "serving"
+    argv = [f"--model_dir={exported['model_dir']}", f"--export_dir={serving}"]
+    with file_size_limit(64 * 1024), pytest.raises(SystemExit) as e:
+        export.main(argv)
+    assert e.value.code == 1
+    (line,) = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert line.startswith(f"error: file too large writing {serving}; "), line
+    assert "ulimit -f" in line and "no cut export left" in line
+    assert os.listdir(tmp_path / "out") == []  # no cut dir, no temp, no lock

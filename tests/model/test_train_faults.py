@@ -9,7 +9,7 @@ small tmpfs for the full disk.
 import json
 import os
 import re
-import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +17,8 @@ import sys
 import pytest
 
 from model import pretrain
-from pretraining_records import tiny_flags
+from pretraining_records import tiny_flags, write_records
+from testdata import file_size_limit
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 JAX_RUN = os.path.join(REPO, "tests", "model", "jax_run.py")
@@ -44,6 +45,28 @@ def _cmd(backend, argv):
 def _steps_logged(model_dir):
     with open(os.path.join(model_dir, "metrics.jsonl")) as f:
         return [json.loads(line)["step"] for line in f]
+
+
+@pytest.fixture(scope="module")
+def shared_records(tmp_path_factory):
+    """The tiny records, written once for the module's finished runs."""
+    return write_records(tmp_path_factory.mktemp("records"))
+
+
+@pytest.fixture(scope="module")
+def _finished_run(shared_records, tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("finished") / "run")
+    pretrain.run(_tiny_run(shared_records, model_dir))
+    return model_dir
+
+
+@pytest.fixture
+def finished_run(shared_records, _finished_run, tmp_path):
+    """(records, a copy of one finished 4-step run saved at steps 2 and 4):
+    each test damages its own copy; one pretraining run serves them all."""
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(_finished_run, model_dir)
+    return shared_records, model_dir
 
 
 def test_tf_pretraining_stops_at_the_first_non_finite_loss(records_dir, tmp_path):
@@ -76,7 +99,7 @@ def test_tf_pretraining_stops_at_the_first_non_finite_loss(records_dir, tmp_path
     ],
 )
 def test_signal_saves_the_current_step_and_the_rerun_resumes(
-    records_dir, tmp_path, backend, signum
+    records_dir, tmp_path, capsys, backend, signum
 ):
     model_dir = str(tmp_path / "run")
     argv = tiny_flags(records_dir, model_dir, steps=400, save_every=100)
@@ -103,13 +126,24 @@ def test_signal_saves_the_current_step_and_the_rerun_resumes(
     names = os.listdir(os.path.join(model_dir, "checkpoints"))
     assert any(n.startswith(f"ckpt-{stopped}.") for n in names), names
     assert not os.path.exists(os.path.join(model_dir, "encoder.weights.h5"))
-    # The rerun resumes at the saved step and logs each step once.
+    # The rerun resumes at the saved step and logs each step once (in a
+    # process of its backend: under JAX a subprocess, under TF this one).
     argv = tiny_flags(records_dir, model_dir, steps=stopped + 2, save_every=100)
-    out = subprocess.run(
-        _cmd(backend, argv), cwd=REPO, env=_env(backend), capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert f"at step {stopped}" in out.stdout
+    if backend == "jax":
+        out = subprocess.run(
+            _cmd(backend, argv),
+            cwd=REPO,
+            env=_env(backend),
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        stdout = out.stdout
+    else:
+        capsys.readouterr()
+        pretrain.run(argv)
+        stdout = capsys.readouterr().out
+    assert f"at step {stopped}" in stdout
     assert _steps_logged(model_dir) == list(range(1, stopped + 3))
 
 
@@ -132,8 +166,6 @@ def small_disk(tmp_path):
 
 def _fill(disk, leave):
     """Fills `disk` until only about `leave` bytes are free."""
-    import shutil
-
     free = shutil.disk_usage(disk).free
     filler = disk / "filler"
     with open(filler, "wb") as f:
@@ -204,11 +236,8 @@ def _ckpt_files(model_dir, step):
     ]
 
 
-def test_cut_newest_checkpoint_falls_back_to_the_newest_intact(
-    records_dir, tmp_path, capsys
-):
-    model_dir = str(tmp_path / "run")
-    pretrain.run(_tiny_run(records_dir, model_dir))
+def test_cut_newest_checkpoint_falls_back_to_the_newest_intact(finished_run, capsys):
+    records_dir, model_dir = finished_run
     (data,) = [f for f in _ckpt_files(model_dir, 4) if ".data-" in f]
     with open(data, "r+b") as f:
         f.truncate(os.path.getsize(data) // 2)
@@ -221,9 +250,8 @@ def test_cut_newest_checkpoint_falls_back_to_the_newest_intact(
     assert _steps_logged(model_dir) == [1, 2, 3, 4, 5, 6]
 
 
-def test_deleted_checkpoint_index_resumes_from_the_files(records_dir, tmp_path, capsys):
-    model_dir = str(tmp_path / "run")
-    pretrain.run(_tiny_run(records_dir, model_dir))
+def test_deleted_checkpoint_index_resumes_from_the_files(finished_run, capsys):
+    records_dir, model_dir = finished_run
     os.remove(os.path.join(model_dir, "checkpoints", "checkpoint"))
     capsys.readouterr()
     pretrain.run(_tiny_run(records_dir, model_dir, steps=6))
@@ -236,9 +264,8 @@ def test_deleted_checkpoint_index_resumes_from_the_files(records_dir, tmp_path, 
     assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
 
 
-def test_no_readable_checkpoint_is_refused_until_overwrite(records_dir, tmp_path):
-    model_dir = str(tmp_path / "run")
-    pretrain.run(_tiny_run(records_dir, model_dir))
+def test_no_readable_checkpoint_is_refused_until_overwrite(finished_run):
+    records_dir, model_dir = finished_run
     for step in (2, 4):
         for path in _ckpt_files(model_dir, step):
             open(path, "wb").close()  # every checkpoint cut to nothing
@@ -252,9 +279,8 @@ def test_no_readable_checkpoint_is_refused_until_overwrite(records_dir, tmp_path
     assert _steps_logged(model_dir) == [1, 2]
 
 
-def test_resuming_with_another_model_size_names_the_setting(records_dir, tmp_path):
-    model_dir = str(tmp_path / "run")
-    pretrain.run(_tiny_run(records_dir, model_dir, steps=2))
+def test_resuming_with_another_model_size_names_the_setting(finished_run):
+    records_dir, model_dir = finished_run
     argv = _tiny_run(records_dir, model_dir) + [
         "--set=model.hidden_dim=32",
         "--set=model.intermediate_dim=64",
@@ -325,21 +351,36 @@ def test_jax_pretraining_stops_at_the_first_non_finite_loss(records_dir, tmp_pat
     )
     assert out.returncode == 1, out.stderr[-2000:]
     (line,) = [l for l in out.stderr.splitlines() if l.startswith("error: ")]
-    assert re.match(r"error: training diverged: loss (nan|inf|-inf) at step ", line), line
+    assert re.match(
+        r"error: training diverged: loss (nan|inf|-inf) at step ", line
+    ), line
     step = int(line.split("at step ")[1].split()[0])
     assert not os.path.exists(os.path.join(model_dir, "encoder.weights.h5"))
     names = os.listdir(os.path.join(model_dir, "checkpoints"))
     assert all(int(n[5:].split(".")[0]) < step for n in names), names
 
 
-def test_finished_run_without_checkpoints_is_not_restarted_over(records_dir, tmp_path):
-    import shutil
-
-    model_dir = str(tmp_path / "run")
-    pretrain.run(_tiny_run(records_dir, model_dir, steps=2))
+def test_finished_run_without_checkpoints_is_not_restarted_over(finished_run):
+    records_dir, model_dir = finished_run
     shutil.rmtree(os.path.join(model_dir, "checkpoints"))
     with pytest.raises(SystemExit) as e:
         pretrain.run(_tiny_run(records_dir, model_dir, steps=2))
     line = str(e.value)
     assert "holds a finished run (encoder.weights.h5) but no checkpoints" in line
-    assert "--overwrite" in line and _steps_logged(model_dir) == [1, 2]
+    assert "--overwrite" in line and _steps_logged(model_dir) == [1, 2, 3, 4]
+
+
+def test_checkpoint_past_a_file_size_limit_is_one_line_and_leaves_nothing(
+    shared_records, tmp_path
+):
+    # EFBIG for real, without a mount: the first checkpoint (~120 KiB of
+    # weights and Adam slots) cannot be written past 64 KiB; config.yaml and
+    # metrics.jsonl can.
+    model_dir = str(tmp_path / "run")
+    with file_size_limit(64 * 1024), pytest.raises(SystemExit) as e:
+        pretrain.run(_tiny_run(shared_records, model_dir))
+    line = str(e.value)
+    assert line.startswith(f"error: file too large writing {model_dir}"), line
+    assert "ulimit -f" in line and "\n" not in line
+    assert not os.path.exists(os.path.join(model_dir, "encoder.weights.h5"))
+    assert _leftovers(model_dir) == []

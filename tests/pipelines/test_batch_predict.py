@@ -452,6 +452,32 @@ def test_overwrite_replaces_only_our_files(model, tmp_path):
     assert len(_predictions(out)) == 1
 
 
+def test_rerun_after_a_kill_clears_what_it_left(model, tmp_path, capsys):
+    # What a SIGKILLed run leaves: Beam's temp directories (named by the
+    # sink: beam-temp-<file name>-<uuid>), our temp files, and shards under
+    # final names when the kill came while Beam renamed them; no summary.
+    out = tmp_path / "out"
+    for name in ("predictions", "dead_letter.jsonl", "metrics.json"):
+        piece = out / f"beam-temp-{name}-0123456789abcdef" / "f00d-part"
+        piece.parent.mkdir(parents=True)
+        piece.write_text("cut")
+    (out / "summary.json.tmp-4242").write_text("{")
+    (out / "predictions-00001-of-00002.jsonl").write_text('{"cut": \n')
+    (out / "notes.txt").write_text("keep me")
+    text = tmp_path / "a.txt"
+    text.write_text("good film\n")
+    summary = bp.run(_argv(model, text, out))  # the same flags, no --overwrite
+    note = [l for l in capsys.readouterr().out.splitlines() if l.startswith("note:")]
+    assert len(note) == 1 and "5 piece(s) that an interrupted run left" in note[0]
+    names = sorted(os.listdir(out))
+    assert not [n for n in names if n.startswith("beam-temp-") or ".tmp-" in n]
+    assert "predictions-00001-of-00002.jsonl" not in names and "notes.txt" in names
+    assert summary["rows_predicted"] == 1 and len(_predictions(out)) == 1
+    # A finished run is kept unless --overwrite.
+    with pytest.raises(options.UsageError, match="--overwrite"):
+        bp.run(_argv(model, text, out))
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
