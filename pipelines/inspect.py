@@ -130,7 +130,9 @@ def histogram_path(args) -> str:
         path = os.path.join(args.data_dir if local else ".", "sequence_lengths.png")
     reason = fileio.why_not_writable(path)
     if reason:
-        raise UsageError(f"--histogram {path}: {reason}")
+        raise UsageError(
+            f"--histogram {path}: {reason}; give --histogram=PATH elsewhere"
+        )
     return path
 
 
