@@ -161,6 +161,20 @@ class PretrainConfig:
     # Weight of the NSP/SOP loss in the training loss; 0 = masked-LM only
     # (NSP/SOP records are still read; the sentence head is not trained).
     sentence_loss_weight: float = 1.0
+    # Dynamic masking's own rate and slots per sequence, e.g. above the
+    # records' 15% (budget recipes mask 25-40%); 0 = data.masked_lm_prob and
+    # data.max_predictions_per_seq (the records'). Static masks are the records'.
+    masking_rate: float = 0.0
+    max_predictions_per_seq: int = 0  # dynamic masking's slots; 0 = the records'
+    # Encoder dropout while pretraining; <0 = model.dropout. The run's
+    # config.yaml keeps model.dropout, which fine-tuning from it takes.
+    dropout: float = -1.0
+    # Held-out records (a directory or globs, as --data), evaluated with their
+    # own masks and dropout off; empty = DATA/eval when it has metadata.json;
+    # none = no evaluation.
+    eval_data: str = ""
+    eval_every: int = 0  # steps between held-out evaluations; 0 = save_every
+    eval_batches: int = 0  # batches of batch_size per evaluation; 0 = all records
 
     def validate(self) -> None:
         _check(self.steps >= 1, "steps must be at least 1")
@@ -183,6 +197,14 @@ class PretrainConfig:
         _check(self.budget_minutes >= 0, "budget_minutes must be >= 0")
         _check(0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)")
         _check(self.sentence_loss_weight >= 0, "sentence_loss_weight must be >= 0")
+        _check(self.dropout < 1.0, "pretrain.dropout must be < 1 (<0 = model's)")
+        _check(0 <= self.masking_rate < 1, "pretrain.masking_rate must be in [0, 1)")
+        _check(
+            self.max_predictions_per_seq >= 0,
+            "pretrain.max_predictions_per_seq must be >= 0",
+        )
+        _check(self.eval_every >= 0, "eval_every must be >= 0")
+        _check(self.eval_batches >= 0, "eval_batches must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -206,6 +206,7 @@ def numpy_pretraining_batches(
     shuffle_files=None,
     prefetch=4,
     check_crc=True,
+    drop_remainder=True,
 ):
     """Batches of pretraining features as numpy arrays, read in a thread.
 
@@ -233,6 +234,8 @@ def numpy_pretraining_batches(
         shuffle_files: shuffle the file order each epoch (default: when
             `shuffle_buffer > 0`).
         prefetch: batches decoded ahead.
+        drop_remainder: drop a last batch of fewer than `batch_size`
+            records (training); False keeps it (one pass of evaluation).
         check_crc: verify the masked CRC32Cs of every record (True, or
             "numpy" to force the numpy CRC32C; see
             `configs.records.iter_record_blocks`).
@@ -276,11 +279,13 @@ def numpy_pretraining_batches(
         )
         while True:
             batch = list(itertools.islice(stream, batch_size))
-            if len(batch) < batch_size:
-                return  # drop_remainder
+            if not batch or (len(batch) < batch_size and drop_remainder):
+                return
             yield example_batches.decode_pretraining_batch(
                 batch, max_seq_length, max_predictions_per_seq, path=where
             )
+            if len(batch) < batch_size:
+                return
 
     return NumpyBatches(batches(), prefetch=prefetch)
 

@@ -155,6 +155,50 @@ def make_train_call(pretrainer, optimizer, *, masker=None, seed=0, sentence_weig
     return jax.jit(train_call, donate_argnums=0)
 
 
+def make_eval_call(pretrainer):
+    """A jitted `(trainable, non_trainable, batch) -> terms`, dropout off.
+
+    `batch`: a feature dict `[b, ...]` (the records' own masks; no masker).
+    Returns `pretraining_loss_terms`: a dict of float32 `[b]` arrays.
+    """
+    import jax
+
+    from model.bert_pretrainer import pretraining_loss_terms
+
+    def eval_call(trainable, non_trainable, batch):
+        outputs, _ = pretrainer.stateless_call(
+            trainable, non_trainable, {k: batch[k] for k in INPUT_KEYS}, training=False
+        )
+        return pretraining_loss_terms(batch, outputs)
+
+    return jax.jit(eval_call)
+
+
+def replicate_batch(batch, distribution):
+    """A host batch (`{key: [b, ...]}`, the same on every process) on the
+    devices: whole on each one under a distribution (evaluation batches
+    are small; every device computes the same terms), else a device put."""
+    import jax
+
+    if distribution is None:
+        return jax.device_put(batch)
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    sharding = NamedSharding(distribution.device_mesh.backend_mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    return {
+        k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()
+    }
+
+
+def to_host(array):
+    """numpy copy of a (replicated) device array, on any process."""
+    if getattr(array, "is_fully_addressable", True):
+        return np.asarray(array)
+    return np.asarray(array.addressable_data(0))
+
+
 def initial_state(pretrainer, optimizer):
     """(trainable, non_trainable, optimizer) variable values, as lists."""
     return (

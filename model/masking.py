@@ -147,7 +147,8 @@ class DynamicMasker:
                 `masked_lm_ids` int `[b, p]`; `masked_lm_weights` float
                 `[b, p]` (the stored masks, undone first); other keys
                 (`next_sentence_labels`) pass through. `s` and `p` must be
-                static; `p == max_predictions_per_seq`.
+                static; `p` may differ from `max_predictions_per_seq`
+                (the trainer's own number of slots).
             seed: int32 (or uint32) `[2]` tensor or pair of ints. Equal
                 seeds give equal masks on either backend and however the
                 batch is sharded (the draws depend on the seed and each
@@ -155,20 +156,17 @@ class DynamicMasker:
                 step, e.g. `(run_seed, step)`.
 
         Returns a new dict: `input_ids` with the chosen tokens replaced,
-        `masked_lm_positions` (ascending, then 0), `masked_lm_ids` (the
-        originals, then 0) and `masked_lm_weights` (1.0 per prediction,
-        then 0.0), each in its input dtype. No data-dependent shapes: safe
+        and `[b, max_predictions_per_seq]` `masked_lm_positions`
+        (ascending, then 0), `masked_lm_ids` (the originals, then 0) and
+        `masked_lm_weights` (1.0 per prediction, then 0.0), each in its
+        input dtype. No data-dependent shapes: safe
         inside `jax.jit` and `tf.function`.
         """
         batch = dict(batch)
         rule, vocab = self.rule, self.rule.vocab
         seq = batch[features.INPUT_IDS].shape[1]
-        pred = batch[features.MASKED_LM_POSITIONS].shape[1]
-        if pred != self.max_predictions_per_seq:
-            raise ValueError(
-                f"masked_lm_positions has {pred} slots, the masker "
-                f"max_predictions_per_seq={self.max_predictions_per_seq}"
-            )
+        # The output's slots: the masker's, whatever the records' were.
+        pred = self.max_predictions_per_seq
         ids = ops.cast(restore_original_ids(batch), "int32")
         column = ops.arange(seq, dtype="int32")[None, :]
         lengths = ops.sum(ops.cast(batch[features.INPUT_MASK], "int32"), axis=1)

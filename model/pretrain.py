@@ -15,19 +15,22 @@ strategy, precision and XLA, model and optimizer in `strategy.scope()`, a
 unlike `fit` with MultiWorkerMirroredStrategy, keras-team/keras#20585;
 JAX: `keras.distribution`, a jitted `stateless_call` step with masks drawn
 on the device, and no TensorFlow imported); resume from the latest
-checkpoint in `model_dir`; run one loop that logs, checkpoints and keeps
-the wall-clock budget; at the end write `encoder.weights.h5` for
-`model.finetune` and a PNG plot.
+checkpoint in `model_dir`; run one loop that logs, checkpoints, evaluates
+on held-out records (`--eval_data`, or `eval/` beside the records) and
+keeps the wall-clock budget; at the end write `encoder.weights.h5` for
+`model.finetune`, a PNG plot and `pretrain_summary.json`.
 
 This module is the command (`parse_args`, `resolve_config`, `run`) and
 the loop (`train`); its pieces live beside it: `pretrain_checks` (records,
 vocabulary and `model_dir` checked before anything is built),
 `pretrain_init` (`--init_checkpoint`), `pretrain_budget` (the wall-clock
-budget and the schedule) and `pretrain_steps` (the two backends).
+budget and the schedule), `pretrain_eval` (the held-out evaluation) and
+`pretrain_steps` (the two backends).
 
 Outputs in `model_dir` (both backends): `config.yaml` (resolved, with the
 backend), `checkpoints/`, `metrics.jsonl`, `metrics.png`, `logs/train`
-(TensorBoard), `encoder.weights.h5`, `vocab.txt`.
+(TensorBoard), `encoder.weights.h5`, `vocab.txt`, `pretrain_summary.json`
+(the final step, training and held-out metrics).
 """
 
 import argparse
@@ -46,7 +49,8 @@ from configs.cli import (
 from configs.loader import dump_config, load_config
 from configs.schema import ConfigError, PretrainConfig
 from model import pretrain_budget as budget
-from model import pretrain_checks, pretrain_init, pretrain_steps, training
+from model import pretrain_checks, pretrain_eval, pretrain_init, pretrain_steps
+from model import training
 from model.pretrain_checks import check_data, check_resumable
 
 # Flags that are shorthands for `--set pretrain.<name>=<value>`.
@@ -66,6 +70,9 @@ PRETRAIN_FLAGS = (
     "seed",
     "optimizer",
     "budget_minutes",
+    "eval_data",
+    "eval_every",
+    "eval_batches",
 )
 
 # `--strategy` on each backend (the JAX column is model.jax_training's).
@@ -209,6 +216,7 @@ def _run(argv=None):
                     or vocabulary_size_is_set(args),
                     model_dir=args.model_dir,
                 )
+                budget.check_budget(cfg.pretrain)
                 check_resumable(cfg, args.model_dir, args.overwrite)
             except (ConfigError, ValueError, training.CheckpointError) as e:
                 raise SystemExit(f"error: {e}") from None
@@ -312,6 +320,20 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
     if start_step >= total_steps:
         print(f"already at step {start_step} >= steps {total_steps}", flush=True)
     runner.start_input(start_step)
+    held_out = pretrain_eval.load(cfg)
+    eval_every = p.eval_every or p.save_every
+    with_sentence = p.sentence_loss_weight > 0
+    eval_seconds = 0.0  # the last evaluation's time (budget reserve)
+
+    def evaluate(at_step):
+        nonlocal eval_seconds
+        began = time.time()
+        metrics = pretrain_eval.evaluate(runner, held_out, with_sentence)
+        eval_seconds = time.time() - began
+        if runner.chief:
+            line = pretrain_eval.format_line(at_step, metrics, held_out, eval_seconds)
+            print(line, flush=True)
+        return metrics
 
     # === Loop: log, checkpoint, progress ===
     logger = training.MetricsLogger(
@@ -322,6 +344,12 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
     )
     progress = training.ProgressPrinter(total_steps, start_step, enabled=runner.chief)
     step, last_saved, values = start_step, start_step, {}
+    final_eval = None
+    if held_out is not None and start_step == 0:
+        # The starting point of the held-out curve (and the time an
+        # evaluation takes, reserved by a budget run).
+        final_eval = evaluate(0)
+        logger.log(0, final_eval)
     window_start, window_steps = time.time(), 0
     first_call_seconds = None
     probe = None  # (start time, start step) of the budget probe
@@ -336,6 +364,8 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
                 p.log_every - step % p.log_every,
                 p.save_every - step % p.save_every,
             )
+            if held_out is not None:
+                num = min(num, eval_every - step % eval_every)
             out = runner.run(step, num)
             step += num
             window_steps += num
@@ -350,7 +380,13 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
                 probe = (time.time(), step)
             if budgeted and budget.probe_done(probe, p, runner, out):
                 total_steps, warmup_steps = budget.fit_budget(
-                    p, started, probe, step, first_call_seconds
+                    p,
+                    started,
+                    probe,
+                    step,
+                    first_call_seconds,
+                    eval_seconds=eval_seconds if held_out is not None else 0.0,
+                    eval_every=eval_every,
                 )
                 runner.reschedule(total_steps, warmup_steps)
                 progress.total_steps = total_steps
@@ -369,6 +405,22 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
                     loss, step, last_finite, runner.learning_rate(step - 1)
                 )
                 last_finite = (step, loss)
+            eval_values = {}
+            eval_now = step % eval_every == 0 or step >= total_steps
+            if held_out is not None and eval_now and signals.received is None:
+                if not (log_now or save_now):
+                    loss = float(runner.metrics(out)["loss"])
+                    training.check_finite(
+                        loss, step, last_finite, runner.learning_rate(step - 1)
+                    )
+                    last_finite = (step, loss)
+                eval_values = final_eval = evaluate(step)
+                # Training throughput and the budget probe leave it out.
+                window_start += eval_seconds
+                if probe is not None:
+                    probe = (probe[0] + eval_seconds, probe[1])
+                if not log_now:
+                    logger.log(step, eval_values)
             if log_now:
                 values = {k: float(v) for k, v in runner.metrics(out).items()}
                 elapsed = time.time() - window_start
@@ -381,7 +433,7 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
                     # A window made of the first call alone: no training-only
                     # throughput to report; the tracing time is in the record.
                     values["first_call_seconds"] = first_call_seconds
-                logger.log(step, values)
+                logger.log(step, {**values, **eval_values})
                 progress.update(step, values)
                 window_start, window_steps = time.time(), 0
             if save_now:
@@ -401,6 +453,11 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
         )
         raise interrupted
 
+    if held_out is not None and final_eval is None:
+        # Nothing trained here (a finished run rerun): evaluated for the
+        # summary only; its metrics.jsonl already holds this step.
+        final_eval = evaluate(step)
+
     # === Final outputs for model.finetune ===
     if runner.chief:
         runner.finish()
@@ -415,7 +472,33 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
                 )
         except ImportError:  # a lean accelerator image without matplotlib
             print(f"note: matplotlib is not installed: no {training.PLOT_FILE}")
-    return values
+        pretrain_eval.write_summary(
+            model_dir,
+            step=step,
+            steps=total_steps,
+            started=started,
+            train_metrics=values or _last_logged(model_dir, step),
+            eval_metrics=final_eval,
+            cfg=cfg,
+            held_out=held_out,
+        )
+    return {**values, **(final_eval or {})}
+
+
+def _last_logged(model_dir, step):
+    """The training metrics metrics.jsonl holds for `step` (a rerun of a
+    finished run trains nothing), or {}."""
+    path = fileio.join(model_dir, training.METRICS_FILE)
+    if not fileio.exists(path):
+        return {}
+    for record in reversed(training.read_metrics(path)):
+        if record.get("step") == step and "loss" in record:
+            return {
+                k: v
+                for k, v in record.items()
+                if k != "step" and not k.startswith("eval_")
+            }
+    return {}
 
 
 def main():

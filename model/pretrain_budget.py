@@ -30,14 +30,37 @@ def probe_done(probe, p, runner, out):
     return True
 
 
-def fit_budget(p, started, probe, step, compile_seconds):
-    """(total_steps, warmup_steps) that end within the budget."""
+# Paid by every budget run: the probe's minimum and the final save.
+FIXED_SECONDS = PROBE_MIN_SECONDS + 10.0
+
+
+def check_budget(p):
+    """Refuses, before anything is built, a budget below the fixed costs."""
+    if p.budget_minutes > 0 and p.budget_minutes * 60 < FIXED_SECONDS:
+        raise ConfigError(
+            f"--budget_minutes={p.budget_minutes:g} "
+            f"({p.budget_minutes * 60:.0f} s) is too short: a budget run "
+            f"times steps for {PROBE_MIN_SECONDS:g} s and reserves 10 s for "
+            f"the final save; give at least {FIXED_SECONDS / 60:.2f} minutes, "
+            "or --steps without a budget"
+        )
+
+
+def fit_budget(
+    p, started, probe, step, compile_seconds, eval_seconds=0.0, eval_every=0
+):
+    """(total_steps, warmup_steps) that end within the budget.
+
+    `eval_seconds` (the last held-out evaluation's time, 0 = none) is
+    paid every `eval_every` steps and once more at the end.
+    """
     seconds_per_step = (time.time() - probe[0]) / max(step - probe[1], 1)
-    # Reserve: one more compile, the final save, and 3% slack.
+    # Reserve: one more compile, the final save and evaluation, 3% slack.
     left = p.budget_minutes * 60 - (time.time() - started)
-    left = left * 0.97 - compile_seconds - 10.0
+    left = left * 0.97 - compile_seconds - 10.0 - eval_seconds
+    cost = seconds_per_step + (eval_seconds / eval_every if eval_every else 0.0)
     # `steps` stays an upper bound.
-    total = min(step + max(int(left / seconds_per_step), 0), p.steps)
+    total = min(step + max(int(left / cost), 0), p.steps)
     warmup = warmup_steps_of(p, total)
     if p.warmup_fraction == 0:
         warmup = min(warmup, max(total // 10, 1))

@@ -3,6 +3,8 @@
 - `check_data`: the records against the config (`metadata.json`, the first
   record of every file), the vocabulary found beside them; one line on any
   mismatch.
+- `check_eval_data`: the held-out records (`--eval_data`, else `eval/`
+  beside the records) against the same config, with the same line.
 - `check_masking_rate`: a dynamic-masking rate whose masks fit the slots.
 - `check_resumable`: `model_dir`'s history (resume, `--overwrite`, a model
   that differs from the run's `config.yaml`).
@@ -18,6 +20,10 @@ from configs import features, fileio
 from configs.metadata import check_compatible, read_metadata
 from configs.schema import ConfigError, ModelConfig
 from model import training
+
+# Where `pipelines.pretraining_data --eval_documents` puts the held-out
+# records: a subdirectory of its output, with its own metadata.json.
+EVAL_SUBDIR = "eval"
 
 
 def check_data(cfg, data, vocabulary_size_set=True, model_dir=""):
@@ -102,30 +108,116 @@ def check_data(cfg, data, vocabulary_size_set=True, model_dir=""):
                 f"model.vocabulary_size is {cfg.model.vocabulary_size}"
             )
         features.special_token_ids(vocab)
-        check_masking_rate(cfg.data)
+        check_masking_rate(cfg)
+    elif cfg.pretrain.masking_rate or cfg.pretrain.max_predictions_per_seq:
+        raise ConfigError(
+            "pretrain.masking_rate and pretrain.max_predictions_per_seq are "
+            "dynamic masking's: pass --masking=dynamic (static masks are the "
+            "records' own)"
+        )
     if vocab_path:
         # Recorded so that `train` can copy it into model_dir, where
         # `model.finetune --init_checkpoint=model_dir` finds it.
         cfg = cfg.replace(data=dataclasses.replace(cfg.data, vocab_file=vocab_path))
+    sha = features.vocab_sha256(vocab_path) if vocab_path else None
+    cfg = check_eval_data(cfg, data_dir, sha or (meta or {}).get("vocab_sha256"))
     return cfg, files, meta, vocab
 
 
-def check_masking_rate(d):
+def check_eval_data(cfg, data_dir, vocab_sha256=None):
+    """`cfg` with `pretrain.eval_data` resolved, its records checked.
+
+    The held-out records are `--eval_data`, else `data_dir/eval` when it
+    holds a `metadata.json` (what `pipelines.pretraining_data
+    --eval_documents` writes; said in one line), else none ("" in the
+    config; `none` turns the default off). They must match the model as
+    the training records do (the same `check_compatible` line, and the
+    training vocabulary's sha256 when known); no records at all is one
+    line too. Nothing of them is read as training data: a records
+    directory is read without its subdirectories.
+    """
+    from model import data as data_lib
+
+    p = cfg.pretrain
+    where = p.eval_data
+    if where == "none":
+        return cfg
+    if not where:
+        auto = fileio.join(data_dir, EVAL_SUBDIR)
+        if not fileio.exists(fileio.join(auto, features.METADATA_FILE)):
+            return cfg
+        where = auto
+        print(
+            f"held-out evaluation on {auto} (beside the records; "
+            "--eval_data=none turns it off)",
+            flush=True,
+        )
+    try:
+        files = data_lib.list_record_files(where)
+        eval_dir = where if fileio.isdir(where) else os.path.dirname(files[0])
+        meta = read_metadata(eval_dir)
+        if meta is not None:
+            check_compatible(
+                meta,
+                kind="pretraining",
+                max_seq_length=cfg.data.max_seq_length,
+                max_predictions_per_seq=cfg.data.max_predictions_per_seq,
+                vocabulary_size=cfg.model.vocabulary_size,
+                vocab_sha256=vocab_sha256 if meta.get("vocab_sha256") else None,
+                max_sequence_length=cfg.model.max_sequence_length,
+            )
+        data_lib.check_records(
+            files, cfg.data.max_seq_length, cfg.data.max_predictions_per_seq
+        )
+    except ValueError as e:  # ConfigError and RecordError included
+        raise ConfigError(f"--eval_data {where}: {e}") from None
+    return cfg.replace(pretrain=dataclasses.replace(p, eval_data=where))
+
+
+def masking_data(cfg):
+    """The `DataConfig` dynamic masking follows: the records' settings with
+    `pretrain.masking_rate` and `pretrain.max_predictions_per_seq` (when
+    set) in place of `masked_lm_prob` and `max_predictions_per_seq`."""
+    d, p = cfg.data, cfg.pretrain
+    return dataclasses.replace(
+        d,
+        masked_lm_prob=p.masking_rate or d.masked_lm_prob,
+        max_predictions_per_seq=p.max_predictions_per_seq or d.max_predictions_per_seq,
+    )
+
+
+def check_masking_rate(cfg):
     """Refuses a dynamic-masking rate whose masks cannot fit the slots.
 
-    A full sequence of `max_seq_length` tokens (less [CLS] and two [SEP])
-    gets `round(real * masked_lm_prob)` predictions; more than the records'
-    `max_predictions_per_seq` slots would be cut silently to that number,
-    so the rate asked for is not the rate trained.
+    A full sequence of `max_seq_length` tokens ([CLS] and [SEP] counted,
+    as the masking rule's budget counts them) gets `round(max_seq_length *
+    rate)` predictions; more than the slots per sequence
+    (the records' `max_predictions_per_seq`, or the trainer's own
+    `pretrain.max_predictions_per_seq`) would be cut silently to that
+    number, so the rate asked for is not the rate trained.
     """
-    real = d.max_seq_length - 3
-    wanted = round(real * d.masked_lm_prob)
+    d, p = masking_data(cfg), cfg.pretrain
+    rate = "pretrain.masking_rate" if p.masking_rate else "data.masked_lm_prob"
+    if p.max_predictions_per_seq:
+        slots = f"pretrain.max_predictions_per_seq is {d.max_predictions_per_seq}"
+        fix = "raise pretrain.max_predictions_per_seq or lower the rate"
+    else:
+        slots = f"the records have max_predictions_per_seq={d.max_predictions_per_seq}"
+        fix = (
+            "lower the rate, set pretrain.max_predictions_per_seq, or write "
+            "records with more predictions per sequence"
+        )
+    if d.max_predictions_per_seq > d.max_seq_length - 3:
+        raise ConfigError(
+            f"pretrain.max_predictions_per_seq={d.max_predictions_per_seq} "
+            f"exceeds the {d.max_seq_length - 3} tokens a sequence of "
+            f"{d.max_seq_length} can mask"
+        )
+    wanted = round(d.max_seq_length * d.masked_lm_prob)
     if wanted > d.max_predictions_per_seq:
         raise ConfigError(
-            f"data.masked_lm_prob={d.masked_lm_prob:g} needs {wanted} predictions "
-            f"for a full sequence of {d.max_seq_length} but the records have "
-            f"max_predictions_per_seq={d.max_predictions_per_seq}: lower the "
-            "rate or write records with more predictions per sequence"
+            f"{rate}={d.masked_lm_prob:g} needs {wanted} predictions for a "
+            f"full sequence of {d.max_seq_length} but {slots}: {fix}"
         )
 
 
@@ -162,6 +254,7 @@ def check_resumable(cfg, model_dir, overwrite):
     """
     from configs.loader import RESOLVED_CONFIG_FILE, load_resolved
     from model.bert_backbone import ENCODER_WEIGHTS_FILE
+    from model.pretrain_eval import SUMMARY_FILE
 
     if not fileio.isdir(model_dir):
         return
@@ -173,6 +266,7 @@ def check_resumable(cfg, model_dir, overwrite):
             training.TENSORBOARD_SUBDIR,
             ENCODER_WEIGHTS_FILE,
             RESOLVED_CONFIG_FILE,
+            SUMMARY_FILE,
         )
         removed = [n for n in names if fileio.exists(fileio.join(model_dir, n))]
         for name in removed:

@@ -58,6 +58,7 @@ class TensorFlowSteps:
                 is_chief=self.chief,
             )
         self.inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        self.eval_step = None
 
     def restore(self):
         return self.state.restore()
@@ -156,6 +157,41 @@ class TensorFlowSteps:
     def learning_rate(self, step):
         return float(self.schedule(step))
 
+    def eval_terms(self, batch):
+        """Per-example loss terms of a host batch, dropout off (numpy `[b]`).
+
+        Every replica gets the whole batch (`strategy.run` of a plain
+        tensor) and computes the same terms; the first replica's are read.
+        """
+        import numpy as np
+        import tensorflow as tf
+
+        if self.eval_step is None:
+            self.eval_step = self._build_eval_step()
+        out = self.eval_step({k: tf.constant(v) for k, v in batch.items()})
+        local = self.strategy.experimental_local_results
+        return {k: np.asarray(local(v)[0]) for k, v in out.items()}
+
+    def _build_eval_step(self):
+        import tensorflow as tf
+
+        from model.bert_pretrainer import INPUT_KEYS, pretraining_loss_terms
+
+        pretrainer, strategy = self.pretrainer, self.strategy
+
+        def replica_eval(batch):
+            outputs = pretrainer({k: batch[k] for k in INPUT_KEYS}, training=False)
+            return pretraining_loss_terms(batch, outputs)
+
+        if self.jit:
+            replica_eval = tf.function(replica_eval, jit_compile=True)
+
+        @tf.function
+        def eval_step(batch):
+            return strategy.run(replica_eval, args=(batch,))
+
+        return eval_step
+
     def save(self, step):
         self.state.save(step)
 
@@ -209,6 +245,7 @@ class JaxSteps:
         )
         self.masker = masker_of(cfg, vocab)
         self.state = None
+        self.eval_call = None
 
     def restore(self):
         step, path = self.checkpoints.restore()
@@ -270,6 +307,16 @@ class JaxSteps:
     def learning_rate(self, step):
         return self.jt.on_host(self.schedule, step)
 
+    def eval_terms(self, batch):
+        """Per-example loss terms of a host batch, dropout off (numpy `[b]`),
+        from the current state (every process runs it: one SPMD call)."""
+        if self.eval_call is None:
+            self.eval_call = self.jt.make_eval_call(self.pretrainer)
+        trainable, non_trainable, _ = self.state
+        batch = self.jt.replicate_batch(batch, self.distribution)
+        out = self.eval_call(trainable, non_trainable, batch)
+        return {k: self.jt.to_host(v) for k, v in out.items()}
+
     def save(self, step):
         self.checkpoints.save(step, self.state)
 
@@ -282,7 +329,10 @@ def build(cfg, precision, global_clipnorm=None):
     """(backbone, pretrainer, optimizer) of `cfg`, in the caller's scope.
 
     The optimizer's schedule is replaced by `reschedule` (a budget run
-    sizes it only after timing steps).
+    sizes it only after timing steps). The encoder's dropout is
+    `pretrain.dropout` when that is >= 0 (the budget recipe's 0.0), else
+    `model.dropout`; only the latter is recorded as the model's, so
+    fine-tuning from the run keeps its dropout.
     """
     from model.bert_backbone import BertBackbone
     from model.bert_pretrainer import BertPretrainer
@@ -290,7 +340,10 @@ def build(cfg, precision, global_clipnorm=None):
     from model.optimization import create_optimizer
 
     p = cfg.pretrain
-    backbone = BertBackbone.from_model_config(cfg.model, dtype=precision)
+    model = cfg.model
+    if p.dropout >= 0:  # pretraining's own; config.yaml keeps model.dropout
+        model = dataclasses.replace(model, dropout=p.dropout)
+    backbone = BertBackbone.from_model_config(model, dtype=precision)
     pretrainer = BertPretrainer(backbone)
     optimizer = create_optimizer(
         learning_rate=p.learning_rate,
@@ -317,5 +370,7 @@ def masker_of(cfg, vocab):
     if cfg.pretrain.masking != "dynamic":
         return None
     from model.masking import DynamicMasker
+    from model.pretrain_checks import masking_data
 
-    return DynamicMasker.from_config(vocab, cfg.data)
+    # The trainer's own rate and slots (pretrain.masking_rate, ...) if set.
+    return DynamicMasker.from_config(vocab, masking_data(cfg))

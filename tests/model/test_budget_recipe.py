@@ -49,12 +49,13 @@ def test_mlm_only_jax(records_dir, tmp_path):
 
 
 def test_masking_rate_that_cannot_fit_is_one_line(records_dir, tmp_path):
-    # Tiny records: 32 tokens, 5 prediction slots; 25% of 29 real tokens = 7.
+    # Tiny records: 32 tokens, 5 prediction slots; 25% of 32 tokens = 8
+    # (the rule's budget counts [CLS] and [SEP], as google-research/bert).
     model_dir = str(tmp_path / "run")
     flags = tiny_flags(records_dir, model_dir, masking="dynamic")
     with pytest.raises(SystemExit) as e:
         pretrain.run(flags + ["--set=data.masked_lm_prob=0.25"])
-    assert str(e.value).startswith("error: data.masked_lm_prob=0.25 needs 7")
+    assert str(e.value).startswith("error: data.masked_lm_prob=0.25 needs 8")
     assert "\n" not in str(e.value)
     assert not os.path.exists(model_dir)
 
@@ -76,3 +77,116 @@ def test_recipe_composes_with_a_size_config(records_dir, tmp_path):
     assert (p.sentence_loss_weight, p.masking) == (0.0, "dynamic")
     assert (p.warmup_fraction, p.clipnorm, p.beta_2) == (0.1, 0.5, 0.98)
     assert p.budget_minutes == 5
+
+
+def _two_training_passes(flags):
+    import numpy as np
+
+    from model import pretrain_steps
+    from model.bert_pretrainer import INPUT_KEYS, MLM_LOGITS
+    from pretraining_records import make_examples
+
+    cfg = pretrain.resolve_config(pretrain.parse_args(flags))
+    _, pretrainer, _ = pretrain_steps.build(cfg, "float32")
+    examples = make_examples(4)
+    batch = {k: np.stack([e[k] for e in examples]).astype("int32") for k in INPUT_KEYS}
+    return [np.asarray(pretrainer(batch, training=True)[MLM_LOGITS]) for _ in range(2)]
+
+
+@pytest.mark.parametrize("dropout, same", [(0.0, True), (-1.0, False)])
+def test_pretrain_dropout_is_the_encoders_while_pretraining(
+    records_dir, tmp_path, dropout, same
+):
+    # model.dropout 0.3; pretrain.dropout 0 turns it off while pretraining
+    # (two training-mode passes agree), -1 keeps the model's (they differ).
+    flags = tiny_flags(records_dir, str(tmp_path / "run")) + [
+        "--set=model.dropout=0.3",
+        f"--set=pretrain.dropout={dropout}",
+    ]
+    first, second = _two_training_passes(flags)
+    assert (first == second).all() == same
+
+
+def test_finetuning_from_a_dropout_free_run_keeps_model_dropout(records_dir, tmp_path):
+    import yaml
+
+    from model import finetune
+
+    run = str(tmp_path / "run")
+    pretrain.run(
+        tiny_flags(records_dir, run, steps=2)
+        + ["--set=model.dropout=0.1", "--set=pretrain.dropout=0"]
+    )
+    with open(os.path.join(run, "config.yaml")) as f:
+        recorded = yaml.safe_load(f)
+    assert (recorded["model"]["dropout"], recorded["pretrain"]["dropout"]) == (0.1, 0)
+    rows = ["sentence\tlabel", "w1 w2\t0", "w3\t1"]
+    train = tmp_path / "train.tsv"
+    train.write_text("\n".join(rows) + "\n")
+    args, overrides = finetune._parse_flags(
+        [
+            f"--train={train}",
+            f"--eval={train}",
+            f"--model_dir={tmp_path / 'ft'}",
+            f"--init_checkpoint={run}",
+            "--set=finetune.max_seq_length=16",
+        ]
+    )
+    cfg, init, _, _ = finetune.resolve_config(args, overrides)
+    assert cfg.model.dropout == 0.1
+    classifier = finetune.build_classifier(cfg, init, num_classes=2)
+    assert classifier.backbone.dropout == 0.1
+
+
+def test_trainers_own_masking_rate_and_slots(records_dir, tmp_path):
+    # Records: 5 slots at 15%; the trainer masks 35% into 12 slots (the
+    # masker's output is tested in test_dynamic_masking.py).
+    import yaml
+
+    model_dir = str(tmp_path / "run")
+    flags = tiny_flags(records_dir, model_dir, steps=2, masking="dynamic")
+    pretrain.run(
+        flags
+        + [
+            "--set=pretrain.masking_rate=0.35",
+            "--set=pretrain.max_predictions_per_seq=12",
+        ]
+    )
+    with open(os.path.join(model_dir, "config.yaml")) as f:
+        recorded = yaml.safe_load(f)
+    assert recorded["pretrain"]["masking_rate"] == 0.35
+    assert recorded["pretrain"]["max_predictions_per_seq"] == 12
+    assert recorded["data"]["max_predictions_per_seq"] == 5  # the records'
+    assert all(r["mlm_loss"] > 0 for r in _metrics(model_dir))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            [
+                "--masking=dynamic",
+                "--set=pretrain.masking_rate=0.5",
+                "--set=pretrain.max_predictions_per_seq=10",
+            ],
+            "error: pretrain.masking_rate=0.5 needs 16 predictions for a full "
+            "sequence of 32 but pretrain.max_predictions_per_seq is 10",
+        ),
+        (
+            ["--set=pretrain.masking_rate=0.3"],
+            "error: pretrain.masking_rate and pretrain.max_predictions_per_seq "
+            "are dynamic masking's: pass --masking=dynamic",
+        ),
+        (["--budget_minutes=0.1"], "error: --budget_minutes=0.1 (6 s) is too short"),
+    ],
+    ids=["rate", "static", "budget"],
+)
+def test_masking_and_budget_that_cannot_work_are_one_line(
+    records_dir, tmp_path, extra, message
+):
+    model_dir = str(tmp_path / "run")
+    with pytest.raises(SystemExit) as e:
+        pretrain.run(tiny_flags(records_dir, model_dir) + extra)
+    assert str(e.value).startswith(message)
+    assert "\n" not in str(e.value)
+    assert not os.path.exists(model_dir)

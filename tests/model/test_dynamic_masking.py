@@ -5,7 +5,6 @@ JAX) and for the data job by the same code: `tests/test_masking_rule.py`.
 """
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from configs import features
@@ -75,7 +74,20 @@ def test_mask_is_a_pure_function_of_batch_and_seed():
     assert not np.array_equal(one["input_ids"], other["input_ids"])
 
 
-def test_slot_count_must_match():
-    masker = DynamicMasker(tiny_vocab(), max_predictions_per_seq=6)
-    with pytest.raises(ValueError, match="max_predictions_per_seq=6"):
-        masker.mask(_batch(pred=5), (0, 0))
+def test_the_maskers_own_slots_and_rate_over_the_records():
+    # Records with 5 slots at 15%; the trainer masks 40% into 12 slots.
+    from configs.masking_rule import budget
+
+    batch = _batch(pred=5)
+    masker = DynamicMasker(tiny_vocab(), max_predictions_per_seq=12, masked_lm_prob=0.4)
+    out = masker.mask(batch, (0, 0))
+    lengths = batch["input_mask"].numpy().sum(1)
+    for name in ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights"):
+        assert out[name].shape == (16, 12), name
+    weights = out["masked_lm_weights"].numpy()
+    assert list(weights.sum(1)) == [budget(n, 0.4, 12) for n in lengths]
+    assert weights.sum(1).max() > 5  # more than the records' slots
+    for row, n in enumerate(lengths):
+        chosen = out["masked_lm_positions"].numpy()[row][weights[row] > 0]
+        assert len(set(chosen)) == len(chosen) and chosen.max() < n
+    np.testing.assert_array_equal(restore_original_ids(out).numpy(), _originals(batch))
