@@ -77,6 +77,7 @@ def test_recipe_composes_with_a_size_config(records_dir, tmp_path):
     assert (p.sentence_loss_weight, p.masking) == (0.0, "dynamic")
     assert (p.warmup_fraction, p.clipnorm, p.beta_2) == (0.1, 0.5, 0.98)
     assert p.budget_minutes == 5
+    assert (p.dropout, cfg.model.dropout) == (0.0, 0.1)  # the model keeps its
 
 
 def _two_training_passes(flags):
