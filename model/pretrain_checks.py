@@ -17,13 +17,9 @@ import dataclasses
 import os
 
 from configs import features, fileio
-from configs.metadata import check_compatible, read_metadata
+from configs.metadata import check_compatible, held_out_split, read_metadata
 from configs.schema import ConfigError, ModelConfig
 from model import training
-
-# Where `pipelines.pretraining_data --eval_documents` puts the held-out
-# records: a subdirectory of its output, with its own metadata.json.
-EVAL_SUBDIR = "eval"
 
 
 def check_data(cfg, data, vocabulary_size_set=True, model_dir=""):
@@ -143,8 +139,8 @@ def check_eval_data(cfg, data_dir, vocab_sha256=None):
     if where == "none":
         return cfg
     if not where:
-        auto = fileio.join(data_dir, EVAL_SUBDIR)
-        if not fileio.exists(fileio.join(auto, features.METADATA_FILE)):
+        auto = held_out_split(data_dir)  # the data job's --eval_documents
+        if auto is None:
             return cfg
         where = auto
         print(
