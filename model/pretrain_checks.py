@@ -55,15 +55,7 @@ def check_data(cfg, data, vocabulary_size_set=True, model_dir=""):
         cfg = vocabulary_size_from_data(cfg, meta, vocab_path, model_dir)
     if meta is not None:
         try:
-            check_compatible(
-                meta,
-                kind="pretraining",
-                max_seq_length=cfg.data.max_seq_length,
-                max_predictions_per_seq=cfg.data.max_predictions_per_seq,
-                vocabulary_size=cfg.model.vocabulary_size,
-                vocab_sha256=vocab_sha,
-                max_sequence_length=cfg.model.max_sequence_length,
-            )
+            _check_metadata(meta, cfg, vocab_sha)
         except ConfigError as e:
             size = meta.get("vocab_size")
             if size is None or size == cfg.model.vocabulary_size:
@@ -153,14 +145,8 @@ def check_eval_data(cfg, data_dir, vocab_sha256=None):
         eval_dir = where if fileio.isdir(where) else os.path.dirname(files[0])
         meta = read_metadata(eval_dir)
         if meta is not None:
-            check_compatible(
-                meta,
-                kind="pretraining",
-                max_seq_length=cfg.data.max_seq_length,
-                max_predictions_per_seq=cfg.data.max_predictions_per_seq,
-                vocabulary_size=cfg.model.vocabulary_size,
-                vocab_sha256=vocab_sha256 if meta.get("vocab_sha256") else None,
-                max_sequence_length=cfg.model.max_sequence_length,
+            _check_metadata(
+                meta, cfg, vocab_sha256 if meta.get("vocab_sha256") else None
             )
         data_lib.check_records(
             files, cfg.data.max_seq_length, cfg.data.max_predictions_per_seq
@@ -333,3 +319,18 @@ def copy_vocab(cfg, model_dir):
 def check_model_dir(model_dir):
     if fileio.isfile(model_dir):
         raise ConfigError(f"--model_dir {model_dir} is a file, not a directory")
+
+
+def _check_metadata(meta, cfg, vocab_sha256):
+    """`check_compatible` of pretraining records' metadata against the
+    model and data settings of `cfg` (`--data` and `--eval_data` alike);
+    `vocab_sha256` None skips the vocabulary comparison."""
+    check_compatible(
+        meta,
+        kind="pretraining",
+        max_seq_length=cfg.data.max_seq_length,
+        max_predictions_per_seq=cfg.data.max_predictions_per_seq,
+        vocabulary_size=cfg.model.vocabulary_size,
+        vocab_sha256=vocab_sha256,
+        max_sequence_length=cfg.model.max_sequence_length,
+    )
