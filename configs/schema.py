@@ -224,6 +224,7 @@ class FinetuneConfig:
     # on [CLS]); mean = the mean of the last layer over real tokens (what
     # sentence-transformers checkpoints were trained for; their pooler is
     # untrained). auto = the checkpoint's own (its 1_Pooling/config.json),
+    # mean from our runs pretrained MLM-only (their [CLS] is untrained),
     # else cls. Recorded resolved, and baked into the SavedModel.
     pooling: str = "auto"  # auto | cls | mean
     labels: tuple = ()  # label values as strings; empty = learn from train

@@ -21,7 +21,8 @@ or a Google TF1 checkpoint (prefix, or the directory holding it and
 random weights, and the run says so. A `--vocab` that is not the
 checkpoint's own vocabulary (compared token by token) is refused.
 `finetune.pooling: auto` takes a sentence-transformers checkpoint's mean
-pooling from its `1_Pooling/config.json`, else BERT's `cls`.
+pooling from its `1_Pooling/config.json`, mean for a run of ours pretrained
+MLM-only (its [CLS] was never trained), else BERT's `cls`.
 
 Recipe (google-research/bert `run_classifier.py`): dropout + dense on the
 pooled `[CLS]` vector, AdamW with linear warm-up (`warmup_proportion` of
@@ -236,7 +237,8 @@ def _checkpoint_vocab_file(init):
 
 def _resolve_pooling(cfg, init):
     """`finetune.pooling: auto` -> the checkpoint's (sentence-transformers'
-    1_Pooling says mean), else BERT's cls."""
+    1_Pooling says mean; our MLM-only pretraining runs get mean), else
+    BERT's cls."""
     pooling = cfg.finetune.pooling
     source = "finetune.pooling"
     if pooling == "auto":
@@ -245,9 +247,21 @@ def _resolve_pooling(cfg, init):
         if ckpt is not None and ckpt.pooling:
             pooling, source = ckpt.pooling, f"{ckpt.path}'s 1_Pooling/config.json"
         elif init.kind == "ours":
-            recorded = load_resolved(init.path).finetune.pooling
+            run = load_resolved(init.path)
+            recorded = run.finetune.pooling
             if recorded != "auto" and ckpt.kind == "finetuned":
                 pooling, source = recorded, f"{init.path}/config.yaml"
+            elif ckpt.kind == "pretraining" and run.pretrain.sentence_loss_weight == 0:
+                # MLM-only pretraining never trains [CLS] (nor the pooler)
+                # for anything: its output collapses to nearly one vector
+                # for every input (std ~1e-3 against a norm ~10, measured),
+                # which a classifier on it starts from as if from nothing.
+                # Mean pooling reads the tokens MLM did train.
+                pooling = "mean"
+                source = (
+                    f"{init.path} was pretrained MLM-only "
+                    "(pretrain.sentence_loss_weight: 0), so its [CLS] is untrained"
+                )
     print(f"pooling: {pooling} ({source})")
     return cfg.replace(finetune=dataclasses.replace(cfg.finetune, pooling=pooling))
 

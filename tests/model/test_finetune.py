@@ -199,7 +199,7 @@ def test_finetune_from_scratch_two_seeds(tmp_path, sst_files, vocab_file, capsys
     assert [json.loads(d)["reason"] for d in dead] == ["missing-text"]
 
 
-def _pretraining_dir(tmp_path, vocab_file, hidden_dim=8):
+def _pretraining_dir(tmp_path, vocab_file, hidden_dim=8, *overrides):
     """A pretraining model_dir as model.pretrain writes it."""
     n = len(features.read_vocab(vocab_file))
     cfg = load_config(
@@ -213,6 +213,7 @@ def _pretraining_dir(tmp_path, vocab_file, hidden_dim=8):
             "model.max_sequence_length=32",
             "data.max_seq_length=32",
             "finetune.max_seq_length=32",
+            *overrides,
         ],
     )
     path = tmp_path / "pretrain"
@@ -237,7 +238,10 @@ def test_finetune_from_pretraining_checkpoint(tmp_path, sst_files, vocab_file, c
     )
     out = capsys.readouterr().out
     assert f"encoder starts from ours checkpoint {ckpt}" in out
+    # Pretrained with a sentence task (the default weight 1): BERT's [CLS].
+    assert "pooling: cls (BERT's default)" in out
     cfg = load_resolved(str(model_dir))
+    assert cfg.finetune.pooling == "cls"
     # Sizes from the checkpoint's config.yaml, not TINY's hidden_dim=16.
     assert cfg.model.hidden_dim == 8
     # The pretrained encoder was loaded (an lr of 1e-12 leaves it unchanged).
@@ -249,6 +253,23 @@ def test_finetune_from_pretraining_checkpoint(tmp_path, sst_files, vocab_file, c
         backbone.token_embedding.embeddings.numpy(),
         atol=1e-6,
     )
+
+
+def test_mlm_only_pretraining_fine_tunes_with_mean_pooling(
+    tmp_path, sst_files, vocab_file, capsys
+):
+    # MLM-only pretraining leaves [CLS] untrained: auto pools the tokens.
+    ckpt, _ = _pretraining_dir(
+        tmp_path, vocab_file, 8, "pretrain.sentence_loss_weight=0.0"
+    )
+    args = _args(*sst_files, tmp_path / "ft", vocab_file, f"--init_checkpoint={ckpt}")
+    finetune.run(args + ["--max_steps=1"])
+    assert "pooling: mean (" in capsys.readouterr().out
+    assert load_resolved(str(tmp_path / "ft")).finetune.pooling == "mean"
+    # An explicit choice is kept.
+    finetune.run(args + ["--max_steps=1", "--overwrite", "--set=finetune.pooling=cls"])
+    assert "pooling: cls (finetune.pooling)" in capsys.readouterr().out
+    assert load_resolved(str(tmp_path / "ft")).finetune.pooling == "cls"
 
 
 def test_records_made_for_another_length_stop_before_training(
