@@ -64,6 +64,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(REPO, "..", "shared", "data")
 sys.path.insert(0, REPO)
 TFIDF_C_GRID = (1.0, 3.0, 10.0, 30.0, 100.0)
+# Documents of the corpus (1,569 here) held out of pretraining for the
+# held-out masked-LM accuracy (~1%).
+EVAL_DOCUMENTS = 16
 
 
 def _flags(argv=None):
@@ -111,6 +114,11 @@ def _flags(argv=None):
         action="store_true",
         help="--budgets: keep the rows of an earlier run in --out_dir "
         "(results.json) and run only the missing ones",
+    )
+    p.add_argument(
+        "--random_mean_pooling",
+        action="store_true",
+        help="--budgets: one more random-init arm, with finetune.pooling=mean",
     )
     p.add_argument("--skip_pretrain", action="store_true", help="reuse out_dir")
     p.add_argument(
@@ -209,6 +217,9 @@ def pretraining_records(args) -> tuple:
             "--max_predictions_per_seq=20",
             "--dupe_factor=1",
             "--num_shards=8",
+            # Whole documents held out (never trained on) for the trainer's
+            # held-out masked-LM accuracy: records/eval/.
+            f"--eval_documents={2 if args.quick else EVAL_DOCUMENTS}",
             "--overwrite",
         ]
     )
@@ -216,10 +227,17 @@ def pretraining_records(args) -> tuple:
 
 
 def pretrain(
-    args, records=None, budget_minutes=0.0, name="pretrain", init_checkpoint=""
+    args,
+    records=None,
+    budget_minutes=0.0,
+    name="pretrain",
+    init_checkpoint="",
+    eval_data="",
 ) -> dict:
     """`model.pretrain` for `--pretrain_steps`, or to `budget_minutes` with
-    `--recipe` over `--model` (then `--pretrain_steps` is only a cap)."""
+    `--recipe` over `--model` (then `--pretrain_steps` is only a cap).
+    `eval_data`: held-out records (default: the trainer's own choice, the
+    records' eval/ split)."""
     from model import pretrain as pretrain_lib
 
     data_seconds = 0.0
@@ -254,9 +272,12 @@ def pretrain(
             f"--set=data.vocab_file={os.path.abspath(args.vocab)}",
         ]
         + ([f"--init_checkpoint={init_checkpoint}"] if init_checkpoint else [])
+        + ([f"--eval_data={eval_data}"] if eval_data else [])
     )
     with open(os.path.join(model_dir, "metrics.jsonl")) as f:
-        last = [json.loads(line) for line in f][-1]
+        logged = [json.loads(line) for line in f]
+    last = logged[-1]
+    evals = [r for r in logged if "eval_mlm_accuracy" in r]
     return {
         "model_dir": model_dir,
         "data_seconds": round(data_seconds, 1),
@@ -265,10 +286,19 @@ def pretrain(
         "budget_minutes": budget_minutes,
         "recipe": args.recipe if recipe else "old",
         "init_checkpoint": init_checkpoint,
-        # Training-batch MLM accuracy (last logged step): no held-out
-        # evaluation while pretraining yet.
-        "train_mlm_accuracy": last.get("mlm_accuracy"),
+        # Training-batch MLM accuracy (last logged step; dynamic masks).
+        "train_mlm_accuracy": _last_value(logged, "mlm_accuracy"),
+        # Held-out documents' fixed masks, at this run's first and last
+        # evaluation (the trainer evaluates at its start and its end).
+        "eval_mlm_accuracy_start": evals[0]["eval_mlm_accuracy"] if evals else None,
+        "eval_mlm_accuracy": evals[-1]["eval_mlm_accuracy"] if evals else None,
+        "eval_mlm_loss": evals[-1].get("eval_mlm_loss") if evals else None,
     }
+
+
+def _last_value(logged, key):
+    values = [r[key] for r in logged if key in r]
+    return values[-1] if values else None
 
 
 def _median_range(result) -> tuple:
@@ -322,7 +352,9 @@ def _budget_row(args, records, minutes, tapt_from=None, tapt_records=None):
     else:
         base = tapt_from["pretrain"]
         name = f"pretrain_{base['budget_minutes']:g}min_tapt_{minutes:g}min"
-        pre = pretrain(args, tapt_records, minutes, name, base["model_dir"])
+        # Held out of the corpus, as the base run's: comparable points.
+        held_out = os.path.join(records, "eval")
+        pre = pretrain(args, tapt_records, minutes, name, base["model_dir"], held_out)
         pre["tapt_from_minutes"] = base["budget_minutes"]
         pre["tapt_minutes"] = minutes
         pre["steps"] += base["steps"]
@@ -345,6 +377,13 @@ def budget_table(args, results) -> None:
     records, data_seconds = pretraining_records(args)
     results["data_seconds"] = round(data_seconds, 1)
     results["random"] = earlier.get("random") or finetune(args, "", "finetune_random")
+    if args.random_mean_pooling:
+        # The MLM-only recipe's runs fine-tune with mean pooling (their
+        # [CLS] is untrained); random init with mean pooling too separates
+        # the pooling's effect from pretraining's.
+        results["random_mean"] = earlier.get("random_mean") or finetune(
+            args, "", "finetune_random_mean", ["--set=finetune.pooling=mean"]
+        )
     rows = results["budgets"] = []
     done = {_row_label(r["pretrain"]): r for r in earlier.get("budgets", [])}
 
@@ -375,20 +414,32 @@ def budget_table(args, results) -> None:
     rand, rlo, rhi = _median_range(results["random"])
     print(f"\nLift versus budget: {args.model}, SST-2 dev accuracy, median [min, max]")
     print(f"over {args.seeds} fine-tuning seeds; TF-IDF + LR {100 * base:.1f}")
+    if "random_mean" in results:
+        mean, mlo, mhi = _median_range(results["random_mean"])
+        print(
+            f"random init with mean pooling: {100 * mean:.1f} "
+            f"[{100 * mlo:.1f}, {100 * mhi:.1f}]"
+        )
     print(
-        "| budget (CPU-min) | recipe | steps | train MLM acc | pretrained | "
-        "random init | lift (points) |"
+        "| budget (CPU-min) | recipe | steps | held-out MLM acc (start -> end) | "
+        "pooling | pretrained | random init | lift (points) |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         pre, ft = row["pretrain"], row["finetune"]
         med, lo, hi = _median_range(ft)
         print(
             f"| {_row_label(pre)} | {pre['recipe']} | {pre['steps']} | "
-            f"{pre['train_mlm_accuracy']:.3f} | {100 * med:.1f} [{100 * lo:.1f}, "
+            f"{_fmt(pre.get('eval_mlm_accuracy_start'))} -> "
+            f"{_fmt(pre.get('eval_mlm_accuracy'))} | {ft.get('pooling', '?')} | "
+            f"{100 * med:.1f} [{100 * lo:.1f}, "
             f"{100 * hi:.1f}] | {100 * rand:.1f} [{100 * rlo:.1f}, {100 * rhi:.1f}]"
             f" | {100 * (med - rand):+.1f} |"
         )
+
+
+def _fmt(value):
+    return "-" if value is None else f"{value:.3f}"
 
 
 def existing_pretraining(args) -> dict:
@@ -409,7 +460,7 @@ def existing_pretraining(args) -> dict:
     return info
 
 
-def finetune(args, init_checkpoint, name) -> dict:
+def finetune(args, init_checkpoint, name, extra=()) -> dict:
     from model import finetune as finetune_lib
 
     argv = [
@@ -431,6 +482,7 @@ def finetune(args, init_checkpoint, name) -> dict:
     ]
     if init_checkpoint:
         argv.append(f"--init_checkpoint={init_checkpoint}")
+    argv += list(extra)
     start = time.time()
     result = finetune_lib.run(argv)
     result["seconds"] = round(time.time() - start, 1)

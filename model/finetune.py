@@ -626,6 +626,7 @@ def _run(args, overrides, signals) -> dict:
         "num_train": data.num_train,
         "num_eval": data.num_eval,
         "num_bad_rows": data.num_bad,
+        "pooling": cfg.finetune.pooling,
         "seeds": seeds,
         "accuracy_mean": acc_mean,
         "accuracy_std": acc_std,
