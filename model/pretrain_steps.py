@@ -30,8 +30,19 @@ class TensorFlowSteps:
         self.strategy = create_strategy(p.strategy, p.tpu)
         self.replicas = self.strategy.num_replicas_in_sync
         self.chief = is_chief(self.strategy)
+        wanted = p.precision
+        if wanted == "auto" and device_kind() == "cpu" and training.cpu_has_bf16():
+            from model import precision_probe
+
+            if precision_probe.enabled():
+                # bf16 pays on some bf16-capable CPUs and shapes, not all.
+                wanted, note = precision_probe.choose(
+                    cfg, p.batch_size // max(1, self.replicas)
+                )
+                if self.chief:
+                    print(note, flush=True)
         precision, self.jit = training.choose_fast_path(
-            p.precision,
+            wanted,
             p.jit_compile,
             cfg.model.hidden_dim,
             device_kind(),

@@ -50,7 +50,10 @@ def choose_fast_path(precision, jit_compile, hidden_dim, device, num_replicas):
     use the bf16 AMX kernels, so whole-step XLA stays off on CPU. CPUs
     without bf16 instructions train in float32. GPUs: bfloat16 with XLA;
     TPUs compile everything anyway. `hidden_dim` is kept for callers; no
-    setting depends on it now.
+    setting depends on it now. `model.pretrain` (TensorFlow, CPU with bf16
+    instructions) replaces this static rule for precision by a timed probe
+    of its own step (`model.precision_probe`); this rule is the probe's
+    fallback and fine-tuning's.
 
     Args:
         precision: "auto" | "float32" | "mixed_bfloat16" | "mixed_float16".
@@ -64,7 +67,7 @@ def choose_fast_path(precision, jit_compile, hidden_dim, device, num_replicas):
     """
     del hidden_dim  # see the docstring
     if precision == "auto":
-        if device in ("gpu", "tpu") or _cpu_has_bf16():
+        if device in ("gpu", "tpu") or cpu_has_bf16():
             precision = "mixed_bfloat16"
         else:
             precision = "float32"
@@ -78,7 +81,7 @@ def choose_fast_path(precision, jit_compile, hidden_dim, device, num_replicas):
     return precision, jit
 
 
-def _cpu_has_bf16():
+def cpu_has_bf16():
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             flags = f.read()

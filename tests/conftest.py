@@ -4,6 +4,8 @@ Three small helpers, no harness. Slow tests are marked `@pytest.mark.slow`
 and run only with `--run_slow` (keras-hub's `--run_large` pattern).
 """
 
+import os
+
 import pytest
 
 from configs.schema import ModelConfig
@@ -14,6 +16,11 @@ from testdata import (  # noqa: F401 (re-exported)
     make_vocab_tokens,
     shared_data,
 )
+
+# `pretrain.precision: auto` times both precisions once per model shape on a
+# bf16-capable CPU; the tests' many tiny shapes would each pay for it. Its
+# own tests turn it on (tests/model/test_precision_probe.py).
+os.environ.setdefault("BERT_SENTIMENT_PRECISION_PROBE", "off")
 
 
 def pytest_addoption(parser):
