@@ -13,6 +13,7 @@ process leaves the old file or the new one, never a cut one.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import glob as _glob
@@ -31,6 +32,18 @@ _DISK_FULL_MESSAGES = {
     errno.EDQUOT: "Disk quota exceeded",
     errno.EFBIG: "File too large",
 }
+
+
+def scratch_dir(prefix: str = "bert-") -> str:
+    """A new private local temporary directory, removed when the process
+    exits (normally or by an exception; a SIGKILL leaves it to the OS's
+    temp cleaner). For files a run needs only while it runs: a vocab.txt
+    written from a tokenizer.json, local copies of remote weights."""
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def is_remote(path: str) -> bool:

@@ -227,9 +227,7 @@ def _checkpoint_vocab_file(init):
     ckpt = init.checkpoint
     if ckpt is None or init.vocab or not ckpt.vocab:
         return init.vocab
-    import tempfile
-
-    path = os.path.join(tempfile.mkdtemp(prefix="vocab-"), VOCAB_FILE)
+    path = os.path.join(fileio.scratch_dir("vocab-"), VOCAB_FILE)
     fileio.write_atomic(path, "\n".join(ckpt.vocab) + "\n")
     ckpt.vocab_path = path
     return path

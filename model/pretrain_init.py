@@ -3,7 +3,6 @@ loading its encoder and heads (any format `model.checkpoints` reads)."""
 
 import dataclasses
 import os
-import tempfile
 
 from configs import features, fileio
 from configs.schema import ConfigError
@@ -32,7 +31,7 @@ def config_from_init_checkpoint(cfg, path):
         data = dataclasses.replace(data, do_lower_case=ckpt.do_lower_case)
     vocab_path = ckpt.vocab_path
     if not vocab_path and ckpt.vocab:  # tokenizer.json alone
-        vocab_path = os.path.join(tempfile.mkdtemp(prefix="vocab-"), "vocab.txt")
+        vocab_path = os.path.join(fileio.scratch_dir("vocab-"), "vocab.txt")
         fileio.write_atomic(vocab_path, "\n".join(ckpt.vocab) + "\n")
     if vocab_path:
         if cfg.data.vocab_file and cfg.data.vocab_file != vocab_path:

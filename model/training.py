@@ -633,9 +633,7 @@ def save_weights_atomic(model, path):
     """
     needed = weights_bytes(model.weights) + (1 << 20)
     if fileio.is_remote(path):
-        import tempfile
-
-        local = os.path.join(tempfile.mkdtemp(), os.path.basename(path))
+        local = os.path.join(fileio.scratch_dir(), os.path.basename(path))
         model.save_weights(local)
         fileio.copy(local, path, overwrite=True)
         return path

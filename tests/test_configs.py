@@ -1,5 +1,7 @@
 """Config resolution: defaults -> YAML -> overrides, strict, validated."""
 
+import os
+
 import pytest
 
 from configs import features, loader, metadata
@@ -100,3 +102,24 @@ def test_feature_lengths():
     assert spec["input_ids"] == ("int64", 128)
     assert spec["masked_lm_weights"] == ("float32", 20)
     assert spec["next_sentence_labels"] == ("int64", 1)
+
+
+def test_scratch_dirs_are_removed_when_the_process_exits(tmp_path):
+    # A vocab.txt written from a tokenizer.json, a local copy of remote
+    # weights: gone once the run ends, also when it ends with an error.
+    import subprocess
+    import sys
+
+    code = (
+        "from configs import fileio; d = fileio.scratch_dir('vocab-'); "
+        "open(d + '/vocab.txt', 'w').write('[PAD]'); print(d); "
+        "raise SystemExit('error: a mistake')"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True
+    )
+    assert out.returncode == 1 and out.stderr.strip() == "error: a mistake"
+    path = out.stdout.strip()
+    assert os.path.basename(path).startswith("vocab-")
+    assert not os.path.exists(path)

@@ -44,9 +44,7 @@ def _local_copy(path):
     """h5 files load from local disk only; copies gs:// files to a temp dir."""
     if "://" not in path:
         return path
-    import tempfile
-
-    local = os.path.join(tempfile.mkdtemp(), os.path.basename(path))
+    local = os.path.join(fileio.scratch_dir(), os.path.basename(path))
     fileio.copy(path, local, overwrite=True)
     return local
 
