@@ -18,7 +18,10 @@ a fine-tuning run as `BertForSequenceClassification` (`id2label` /
 `label2id` from its labels), a pretraining run as `BertForPreTraining`
 (encoder, MLM and NSP heads from its newest checkpoint); see
 `model.checkpoints.huggingface`. transformers loads it, and
-`--init_checkpoint` reads it back exactly.
+`--init_checkpoint` reads it back exactly. `--format=tf1` writes the same
+runs as a google-research/bert checkpoint (`bert_model.ckpt`,
+`bert_config.json`, `vocab.txt`; `model.checkpoints.tf1`), which that
+repository's scripts take as `--init_checkpoint`.
 
 Written with `keras.export.ExportArchive`, which TF Serving's session-based
 loader accepts (a hand-written `tf.Module` failed there with "Could not
@@ -208,7 +211,8 @@ def _run(argv=None) -> str:
         prog=program_name("model.export"),
         allow_abbrev=False,
         description="A fine-tuning run -> a raw-string SavedModel; --format="
-        "huggingface: a fine-tuning or pretraining run -> a transformers directory.",
+        "huggingface: a fine-tuning or pretraining run -> a transformers "
+        "directory; --format=tf1: -> a google-research/bert checkpoint.",
     )
     parser.add_argument(
         "--model_dir",
@@ -230,12 +234,14 @@ def _run(argv=None) -> str:
     )
     parser.add_argument(
         "--format",
-        choices=("saved_model", "huggingface"),
+        choices=("saved_model", "huggingface", "tf1"),
         default="saved_model",
         help="saved_model (default): the serving SavedModel of a fine-tuning "
         "run; huggingface: a transformers BERT directory of a fine-tuning "
         "run (BertForSequenceClassification) or a pretraining run "
-        "(BertForPreTraining)",
+        "(BertForPreTraining); tf1: a google-research/bert checkpoint "
+        "(bert_model.ckpt, bert_config.json, vocab.txt) of either, with the "
+        "MLM/NSP heads or run_classifier.py's output_weights/output_bias",
     )
     add_overwrite_flag(parser.add_argument, "replace an earlier export in --export_dir")
     args, unknown = parser.parse_known_args(argv)
@@ -244,8 +250,8 @@ def _run(argv=None) -> str:
     if fileio.same_path(args.export_dir, args.model_dir):
         raise ConfigError("--export_dir must not be the --model_dir")
     output_lock.acquire(args.export_dir, "model.export")
-    if args.format == "huggingface":
-        return export_huggingface(args.model_dir, args.export_dir)
+    if args.format in ("huggingface", "tf1"):
+        return export_checkpoint(args.model_dir, args.export_dir, args.format)
     if fileio.isfile(args.export_dir):
         raise ConfigError(f"--export_dir {args.export_dir} is a file")
     if (
@@ -291,21 +297,31 @@ def _run(argv=None) -> str:
 
 
 def export_huggingface(model_dir: str, export_dir: str) -> str:
-    """Writes our run `model_dir` as a Hugging Face BERT directory.
+    """Writes our run `model_dir` as a Hugging Face BERT directory."""
+    return export_checkpoint(model_dir, export_dir, "huggingface")
+
+
+def export_checkpoint(model_dir: str, export_dir: str, fmt: str) -> str:
+    """Writes our run `model_dir` as a Hugging Face BERT directory (`fmt`
+    "huggingface") or a google-research/bert TF1 checkpoint ("tf1").
 
     Raises:
         ConfigError: `model_dir` is not a BERT run of ours, a mean-pooling
-            classifier (BertForSequenceClassification pools [CLS]), or
+            classifier (both formats' classifiers pool [CLS]), or
             `export_dir` holds other files.
     """
-    from model.checkpoints import huggingface, ours
+    from model.checkpoints import huggingface, ours, tf1
 
+    marker, label = {
+        "huggingface": (huggingface.CONFIG_FILE, "Hugging Face"),
+        "tf1": (tf1.CONFIG_FILE, "google-research/bert TF1"),
+    }[fmt]
     kind = ours.kind(model_dir)
     if kind not in ("pretraining", "finetuned"):
         raise ConfigError(
             f"--model_dir {model_dir} is not a BERT pretraining or fine-tuning "
             "run of ours (config.yaml with encoder.weights.h5 or "
-            "best.weights.h5); only those export to Hugging Face BERT"
+            f"best.weights.h5); only those export to {label} BERT"
         )
     if fileio.same_path(export_dir, model_dir):
         raise ConfigError("--export_dir must not be the --model_dir")
@@ -314,19 +330,23 @@ def export_huggingface(model_dir: str, export_dir: str) -> str:
     if (
         fileio.isdir(export_dir)
         and fileio.listdir(export_dir)
-        and not fileio.exists(fileio.join(export_dir, huggingface.CONFIG_FILE))
+        and not fileio.exists(fileio.join(export_dir, marker))
     ):
         raise ConfigError(
-            f"--export_dir {export_dir} holds files but no {huggingface.CONFIG_FILE};"
-            " give a new or an earlier Hugging Face export's directory"
+            f"--export_dir {export_dir} holds files but no {marker};"
+            f" give a new or an earlier {label} export's directory"
         )
     cfg = load_resolved(model_dir)
     if kind == "finetuned":
         classifier, cfg, vocab = load_finetuned(model_dir)
         if classifier.pooling != "cls":
+            reader = {
+                "huggingface": "BertForSequenceClassification",
+                "tf1": "run_classifier.py",
+            }[fmt]
             raise ConfigError(
                 f"{model_dir} pools by {classifier.pooling}; "
-                "BertForSequenceClassification reads BERT's [CLS] pooler: "
+                f"{reader} reads BERT's [CLS] pooler: "
                 "export it as a SavedModel (--format=saved_model)"
             )
         parts = dict(
@@ -358,15 +378,29 @@ def export_huggingface(model_dir: str, export_dir: str) -> str:
     if not fileio.is_remote(final_dir):
         temp_dir = f"{final_dir}.tmp-{uuid.uuid4().hex[:8]}"
     with _removed_on_failure(temp_dir, final_dir):
-        huggingface.export(
-            temp_dir,
-            model_cfg=cfg.model,
-            vocab=vocab,
-            do_lower_case=cfg.data.do_lower_case,
-            **parts,
-        )
+        if fmt == "huggingface":
+            huggingface.export(
+                temp_dir,
+                model_cfg=cfg.model,
+                vocab=vocab,
+                do_lower_case=cfg.data.do_lower_case,
+                **parts,
+            )
+        else:
+            tf1.export(
+                temp_dir,
+                model_cfg=cfg.model,
+                vocab=vocab,
+                backbone=parts["backbone"],
+                pretrainer=parts.get("pretrainer"),
+                classifier=parts.get("classifier"),
+            )
+            what = {
+                "BertForPreTraining": "encoder + MLM/NSP heads",
+                "BertForSequenceClassification": "encoder + classifier",
+            }[what]
     _rename_into_place(temp_dir, final_dir)
-    print(f"exported {model_dir} -> {final_dir} (Hugging Face {what})")
+    print(f"exported {model_dir} -> {final_dir} ({label} {what})")
     return final_dir
 
 

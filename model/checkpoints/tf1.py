@@ -15,6 +15,7 @@ import re
 
 import numpy as np
 
+from configs import fileio
 from configs.schema import ModelConfig
 
 WORD_EMBEDDINGS = "bert/embeddings/word_embeddings"
@@ -194,3 +195,104 @@ def _strip_model_prefix(weight_path):
     return (
         weight_path.split("/", 1)[1] if weight_path.startswith("bert_") else weight_path
     )
+
+
+# === Writing a checkpoint (the same name map, the other way) ===
+CHECKPOINT_PREFIX = "bert_model.ckpt"
+CONFIG_FILE = "bert_config.json"
+# google-research/bert's run_classifier.py `create_model`: the logits layer
+# is `output_weights` `[num_labels, hidden]` (transposed) and `output_bias`.
+CLASSIFIER_VARIABLE_MAP = [
+    ("logits/kernel", "output_weights"),
+    ("logits/bias", "output_bias"),
+]
+_TRANSPOSED = {"sentence_head/output_dense/kernel", "logits/kernel"}
+# google-research/bert's modeling.py knows gelu (its tanh form), relu, tanh.
+_ACTIVATION_NAMES = {"gelu": "gelu", "gelu_approximate": "gelu", "relu": "relu"}
+
+
+def tensors_from(backbone, num_layers, pretrainer=None, classifier=None):
+    """{google name: float32 numpy array} of our encoder and heads.
+
+    Our fused query/key/value kernel `[hidden, 3 * hidden]` (and bias) is
+    split back into Google's three along the output axis; the NSP and
+    classifier kernels are transposed to Google's `[labels, hidden]`.
+    """
+    weights = {w.path: w for w in backbone.weights}
+    values = {}
+    for ours, names in backbone_variable_map(num_layers):
+        value = np.asarray(weights[ours].numpy(), np.float32)
+        if isinstance(names, tuple):
+            values.update(zip(names, np.split(value, len(names), axis=-1)))
+        else:
+            values[names] = value
+    heads = []
+    if pretrainer is not None:
+        heads.append((pretrainer, HEAD_VARIABLE_MAP))
+    if classifier is not None:
+        heads.append((classifier, CLASSIFIER_VARIABLE_MAP))
+    for model, mapping in heads:
+        by_path = {_strip_model_prefix(w.path): w for w in model.weights}
+        for ours, name in mapping:
+            value = np.asarray(by_path[ours].numpy(), np.float32)
+            values[name] = value.T if ours in _TRANSPOSED else value
+    return values
+
+
+def export(
+    out_dir: str,
+    *,
+    model_cfg: ModelConfig,
+    backbone,
+    vocab: list[str],
+    pretrainer=None,
+    classifier=None,
+) -> list[str]:
+    """Writes a google-research/bert checkpoint directory: `bert_model.ckpt`
+    (`.index` + `.data-00000-of-00001`, TF's V2 bundle format, the names
+    of `backbone_variable_map` and the heads), `bert_config.json` and
+    `vocab.txt` — what its `run_pretraining.py`/`run_classifier.py` take as
+    `--init_checkpoint`, `--bert_config_file` and `--vocab_file`.
+
+    google-research/bert's `gelu` is the tanh form; an encoder of ours with
+    the exact erf GELU is written as `gelu` too (about 1e-3 apart in the
+    activation; our own import reads it back exactly). Returns file names.
+    """
+    import tensorflow as tf
+
+    values = tensors_from(backbone, model_cfg.num_layers, pretrainer, classifier)
+    fileio.makedirs(out_dir)
+    names = sorted(values)
+    # SaveV2 writes exactly these names (what TF1's Saver writes and
+    # `tf.train.load_checkpoint`/`init_from_checkpoint` read); TF2's
+    # object-based `tf.train.Checkpoint` would write object-graph keys.
+    tf.raw_ops.SaveV2(
+        prefix=fileio.join(out_dir, CHECKPOINT_PREFIX),
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[tf.constant(values[n]) for n in names],
+    )
+    config = {
+        "attention_probs_dropout_prob": model_cfg.dropout,
+        "hidden_act": _ACTIVATION_NAMES[model_cfg.activation],
+        "hidden_dropout_prob": model_cfg.dropout,
+        "hidden_size": model_cfg.hidden_dim,
+        "initializer_range": model_cfg.initializer_range,
+        "intermediate_size": model_cfg.intermediate_dim,
+        "max_position_embeddings": model_cfg.max_sequence_length,
+        "num_attention_heads": model_cfg.num_heads,
+        "num_hidden_layers": model_cfg.num_layers,
+        "type_vocab_size": model_cfg.num_segments,
+        "vocab_size": model_cfg.vocabulary_size,
+    }
+    fileio.write_atomic(fileio.join(out_dir, "vocab.txt"), "\n".join(vocab) + "\n")
+    fileio.write_atomic(
+        fileio.join(out_dir, CONFIG_FILE), json.dumps(config, indent=2) + "\n"
+    )
+    return [
+        f"{CHECKPOINT_PREFIX}.index",
+        f"{CHECKPOINT_PREFIX}.data-00000-of-00001",
+    ] + [
+        CONFIG_FILE,
+        "vocab.txt",
+    ]

@@ -132,6 +132,59 @@ def test_finetuned_classifier_exports_as_bert_for_sequence_classification(
     np.savez(tmp_path / "ours.npz", **x, logits=np.asarray(classifier(x)))
 
 
+def test_finetuned_classifier_exports_as_a_google_tf1_checkpoint(tmp_path, sst):
+    import tensorflow as tf
+
+    model_dir = tmp_path / "ft"
+    finetune.run(finetune_args(sst, model_dir, fixture("pretraining"), "--max_steps=2"))
+    tf1_dir = tmp_path / "tf1"
+    export.run([f"--model_dir={model_dir}", f"--export_dir={tf1_dir}", "--format=tf1"])
+    assert sorted(os.listdir(tf1_dir)) == sorted(
+        [
+            "bert_model.ckpt.index",
+            "bert_model.ckpt.data-00000-of-00001",
+            "bert_config.json",
+            "vocab.txt",
+        ]
+    )
+    # Google's names and layouts: q/k/v apart, run_classifier.py's head
+    # transposed; its BertConfig.from_json_file reads the config.
+    shapes = dict(tf.train.list_variables(str(tf1_dir / "bert_model.ckpt")))
+    layer = "bert/encoder/layer_1/attention/self"
+    assert [shapes[f"{layer}/{p}/kernel"] for p in ("query", "key", "value")] == [
+        [32, 32]
+    ] * 3
+    assert shapes["output_weights"] == [2, 32] and shapes["output_bias"] == [2]
+    assert "cls/predictions/output_bias" not in shapes
+    config = json.loads((tf1_dir / "bert_config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"]) == (32, 2)
+    assert config["vocab_size"] == len((tf1_dir / "vocab.txt").read_text().split())
+    # Re-import through --init_checkpoint's reader: the same logits.
+    classifier, _, _ = export.load_finetuned(str(model_dir))
+    ckpt = checkpoints.inspect(str(tf1_dir))
+    assert ckpt.kind == "tf1"
+    again = BertClassifier(BertBackbone.from_model_config(ckpt.model_config), 2)
+    checkpoints.load_backbone(ckpt, again.backbone)
+    reader = tf.train.load_checkpoint(ckpt.path)
+    again(probe_inputs())  # builds the head
+    logits = again.get_layer("logits")
+    logits.kernel.assign(reader.get_tensor("output_weights").T)
+    logits.bias.assign(reader.get_tensor("output_bias"))
+    x = probe_inputs()
+    diff = np.max(np.abs(np.asarray(again(x)) - np.asarray(classifier(x))))
+    assert diff <= 1e-6
+    # A second export replaces the first; a directory of other files is kept.
+    export.run([f"--model_dir={model_dir}", f"--export_dir={tf1_dir}", "--format=tf1"])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="holds files but no bert_config.json"):
+        export.run(
+            [f"--model_dir={model_dir}", f"--export_dir={other}", "--format=tf1"]
+        )
+    assert (other / "notes.txt").read_text() == "mine"
+
+
 def test_a_vocab_of_the_same_size_but_other_tokens_is_refused(tmp_path, sst):
     """Issue 19 #9: same size, two ids swapped -> one line naming the id."""
     tokens = features.read_vocab(fixture("bert_model") + "/vocab.txt")
@@ -305,6 +358,17 @@ def test_continued_pretraining_starts_where_the_imported_heads_are(tmp_path, bac
             np.abs(np.asarray(reimported(x)[key]) - np.asarray(trained(x)[key]))
         )
         assert diff <= TOLERANCE, key
+    # And as a google-research/bert checkpoint, heads included.
+    tf1_dir = tmp_path / "tf1"
+    export.run([f"--model_dir={model_dir}", f"--export_dir={tf1_dir}", "--format=tf1"])
+    google = checkpoints.inspect(str(tf1_dir))
+    from_tf1 = BertPretrainer(BertBackbone.from_model_config(google.model_config))
+    assert checkpoints.load_pretraining_heads(google, from_tf1) == []
+    for key in ("mlm_logits", "sentence_logits"):
+        diff = np.max(
+            np.abs(np.asarray(from_tf1(x)[key]) - np.asarray(trained(x)[key]))
+        )
+        assert diff <= 1e-6, key
 
 
 def test_records_made_with_another_vocab_are_refused(tmp_path):
