@@ -31,7 +31,7 @@ class TensorFlowSteps:
         self.replicas = self.strategy.num_replicas_in_sync
         self.chief = is_chief(self.strategy)
         wanted = p.precision
-        if wanted == "auto" and device_kind() == "cpu" and training.cpu_has_bf16():
+        if wanted == "auto" and device_kind() == "cpu" and training._cpu_has_bf16():
             from model import precision_probe
 
             if precision_probe.enabled():

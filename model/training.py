@@ -67,7 +67,7 @@ def choose_fast_path(precision, jit_compile, hidden_dim, device, num_replicas):
     """
     del hidden_dim  # see the docstring
     if precision == "auto":
-        if device in ("gpu", "tpu") or cpu_has_bf16():
+        if device in ("gpu", "tpu") or _cpu_has_bf16():
             precision = "mixed_bfloat16"
         else:
             precision = "float32"
@@ -81,7 +81,7 @@ def choose_fast_path(precision, jit_compile, hidden_dim, device, num_replicas):
     return precision, jit
 
 
-def cpu_has_bf16():
+def _cpu_has_bf16():
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             flags = f.read()

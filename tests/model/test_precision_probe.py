@@ -62,7 +62,7 @@ def test_unwritable_cache_still_chooses(tmp_path, monkeypatch):
     assert "; not cached: " in note and "\n" not in note
 
 
-@pytest.mark.skipif(not training.cpu_has_bf16(), reason="CPU without bf16")
+@pytest.mark.skipif(not training._cpu_has_bf16(), reason="CPU without bf16")
 def test_pretrain_auto_uses_the_probe(records_dir, tmp_path, probe_on, capsys):
     model_dir = str(tmp_path / "run")
     pretrain.run(tiny_flags(records_dir, model_dir, steps=1, precision="auto"))

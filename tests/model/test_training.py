@@ -4,7 +4,7 @@ import pytest
 
 from model import training
 
-CPU_PRECISION = "mixed_bfloat16" if training.cpu_has_bf16() else "float32"
+CPU_PRECISION = "mixed_bfloat16" if training._cpu_has_bf16() else "float32"
 
 
 @pytest.mark.parametrize(
