@@ -18,6 +18,7 @@ shape in `~/.cache/bert-sentiment/precision_probe.json` (or
 `training.choose_fast_path`: bf16 on CPUs with bf16 instructions).
 """
 
+import gc
 import json
 import os
 import time
@@ -172,6 +173,11 @@ def time_steps(cfg, per_replica_batch: int) -> dict:
             out.numpy()
             elapsed = (time.perf_counter() - began) / CALLS_PER_ROUND
             best[precision] = min(best[precision], elapsed)
+    # The run's own model comes next: free the probe's. (Its weight paths
+    # are the same as without a probe; only Keras' auto-numbered model
+    # names move on, `bert_backbone_2`, which nothing reads.)
+    del steps
+    gc.collect()
     return best
 
 
