@@ -69,6 +69,11 @@ def test_pretrain_auto_uses_the_probe(records_dir, tmp_path, probe_on, capsys):
     assert "precision auto: " in capsys.readouterr().out
     (entry,) = json.loads(probe_on.read_text()).values()
     assert load_resolved(model_dir).pretrain.precision == entry["precision"]
+    # The probe's models came first in the process; the run's weights still
+    # load into a fresh encoder (fine-tuning's path).
+    from model.bert_backbone import load_pretrained_backbone
+
+    assert load_pretrained_backbone(model_dir).hidden_dim == 16
     # Off: the static rule (bf16 on a CPU with bf16 instructions), no probe.
     os.environ[precision_probe.PROBE_ENV] = "off"
     other = str(tmp_path / "run2")
