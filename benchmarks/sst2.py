@@ -80,6 +80,12 @@ def _flags(argv=None):
     p.add_argument("--pretrain_steps", type=int, default=3000)
     p.add_argument("--pretrain_lr", type=float, default=2e-4)
     p.add_argument("--pretrain_masking", default="static", help="static|dynamic")
+    p.add_argument(
+        "--pretrain_seq_length",
+        type=int,
+        default=128,
+        help="tokens per pretraining record (the data job's --max_seq_length)",
+    )
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--learning_rate", type=float, default=3e-4)
@@ -116,6 +122,21 @@ def _flags(argv=None):
         "(results.json) and run only the missing ones",
     )
     p.add_argument(
+        "--continue_from",
+        default="",
+        help="--budgets: continued pretraining of this checkpoint (a Hugging "
+        "Face BERT directory, a TF1 checkpoint or a run of ours) instead of "
+        "pretraining from scratch; the baseline arm fine-tunes the checkpoint "
+        "itself, and the corpus is tokenized with its vocab.txt",
+    )
+    p.add_argument(
+        "--continue_lr",
+        type=float,
+        default=1e-4,
+        help="--continue_from: peak pretraining learning rate (the recipe's "
+        "1e-3 is for training from scratch)",
+    )
+    p.add_argument(
         "--random_mean_pooling",
         action="store_true",
         help="--budgets: one more random-init arm, with finetune.pooling=mean",
@@ -141,6 +162,10 @@ def _flags(argv=None):
         "rate): print one table and each arm at its best setting; no training",
     )
     args = p.parse_args(argv)
+    if args.continue_from:
+        vocab = os.path.join(args.continue_from, "vocab.txt")
+        if os.path.exists(vocab):
+            args.vocab = vocab  # the records must use the checkpoint's tokens
     if args.quick:
         args.corpus = f"{SHARED}/corpus-small/sample.txt"
         args.pretrain_steps = min(args.pretrain_steps, 300)
@@ -213,7 +238,7 @@ def pretraining_records(args) -> tuple:
             f"--input={args.corpus}",
             f"--vocab={args.vocab}",
             f"--output_dir={records}",
-            "--max_seq_length=128",
+            f"--max_seq_length={args.pretrain_seq_length}",
             "--max_predictions_per_seq=20",
             "--dupe_factor=1",
             "--num_shards=8",
@@ -270,8 +295,14 @@ def pretrain(
             f"--save_every={max(1, args.pretrain_steps // 4)}",
             f"--log_every={max(1, args.pretrain_steps // 20)}",
             f"--set=data.vocab_file={os.path.abspath(args.vocab)}",
+            f"--set=data.max_seq_length={args.pretrain_seq_length}",
         ]
         + ([f"--init_checkpoint={init_checkpoint}"] if init_checkpoint else [])
+        + (
+            [f"--learning_rate={args.continue_lr}"]
+            if args.continue_from and init_checkpoint == args.continue_from
+            else []
+        )
         + ([f"--eval_data={eval_data}"] if eval_data else [])
     )
     with open(os.path.join(model_dir, "metrics.jsonl")) as f:
@@ -333,7 +364,7 @@ def task_text_records(args) -> str:
             f"--input={text}",
             f"--vocab={args.vocab}",
             f"--output_dir={records}",
-            "--max_seq_length=128",
+            f"--max_seq_length={args.pretrain_seq_length}",
             "--max_predictions_per_seq=20",
             "--dupe_factor=10",
             "--num_shards=2",
@@ -348,7 +379,7 @@ def _budget_row(args, records, minutes, tapt_from=None, tapt_records=None):
     run) and the same fine-tuning from it."""
     if tapt_from is None:
         name = f"pretrain_{minutes:g}min"
-        pre = pretrain(args, records, minutes, name)
+        pre = pretrain(args, records, minutes, name, args.continue_from)
     else:
         base = tapt_from["pretrain"]
         name = f"pretrain_{base['budget_minutes']:g}min_tapt_{minutes:g}min"
@@ -376,7 +407,12 @@ def budget_table(args, results) -> None:
             earlier = json.load(f)
     records, data_seconds = pretraining_records(args)
     results["data_seconds"] = round(data_seconds, 1)
-    results["random"] = earlier.get("random") or finetune(args, "", "finetune_random")
+    # The baseline: random init, or the checkpoint that is pretrained further.
+    results["random"] = earlier.get("random") or finetune(
+        args,
+        args.continue_from,
+        "finetune_base" if args.continue_from else "finetune_random",
+    )
     if args.random_mean_pooling:
         # The MLM-only recipe's runs fine-tune with mean pooling (their
         # [CLS] is untrained); random init with mean pooling too separates
@@ -420,9 +456,13 @@ def budget_table(args, results) -> None:
             f"random init with mean pooling: {100 * mean:.1f} "
             f"[{100 * mlo:.1f}, {100 * mhi:.1f}]"
         )
+    base_name = "random init"
+    if args.continue_from:
+        base_name = f"{args.continue_from} itself"
+        print(f"continued pretraining of {args.continue_from}")
     print(
         "| budget (CPU-min) | recipe | steps | held-out MLM acc (start -> end) | "
-        "pooling | pretrained | random init | lift (points) |"
+        f"pooling | pretrained | {base_name} | lift (points) |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:

@@ -41,6 +41,18 @@ def config_from_init_checkpoint(cfg, path):
         data = dataclasses.replace(data, vocab_file=vocab_path)
     model = dataclasses.replace(model, dropout=cfg.model.dropout)
     print(f"model config from {ckpt.description}", flush=True)
+    # The recorded fine-tuning/export lengths (used later, from this run)
+    # stay within the checkpoint's position table, as model.finetune does;
+    # data.max_seq_length describes the records and is checked against them.
+    positions = model.max_sequence_length
+    cfg = cfg.replace(
+        finetune=dataclasses.replace(
+            cfg.finetune, max_seq_length=min(cfg.finetune.max_seq_length, positions)
+        ),
+        export=dataclasses.replace(
+            cfg.export, max_seq_length=min(cfg.export.max_seq_length, positions)
+        ),
+    )
     return cfg.replace(model=model, data=data).validate()
 
 
