@@ -69,6 +69,18 @@ def fit_budget(
         f"measured -> {total} steps, warm-up {warmup}",
         flush=True,
     )
+    if total <= step:
+        # Start-up and compiling took what the steps needed: no steps can
+        # be added after the timed ones. Said at the first moment it is
+        # known (compile time is only known once the step has compiled).
+        spent = time.time() - started
+        print(
+            f"note: start-up and compiling used {spent:.0f} s of the "
+            f"{p.budget_minutes * 60:.0f} s budget (compiling {compile_seconds:.0f} "
+            f"s): the run stops after the {step} timed steps; give a longer "
+            "--budget_minutes for a schedule that trains",
+            flush=True,
+        )
     return total, warmup
 
 

@@ -191,3 +191,22 @@ def test_masking_and_budget_that_cannot_work_are_one_line(
     assert str(e.value).startswith(message)
     assert "\n" not in str(e.value)
     assert not os.path.exists(model_dir)
+
+
+def test_budget_used_up_by_compiling_says_so(capsys):
+    import time
+
+    from configs.schema import PretrainConfig
+    from model.pretrain_budget import fit_budget
+
+    p = PretrainConfig(budget_minutes=0.5, steps=10**6)
+    now = time.time()
+    # 25 s of the 30 gone at the probe's end, 20 of them compiling: no room.
+    total, _ = fit_budget(p, now - 25, (now - 5, 3), 13, compile_seconds=20.0)
+    assert total == 13
+    out = capsys.readouterr().out
+    assert "note: start-up and compiling used 25 s of the 30 s budget" in out
+    assert "stops after the 13 timed steps" in out
+    # With room left, steps are added and nothing is said.
+    total, _ = fit_budget(p, now - 5, (now - 4, 0), 8, compile_seconds=1.0)
+    assert total > 8 and "note:" not in capsys.readouterr().out
