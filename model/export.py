@@ -97,7 +97,11 @@ def export_classifier(
         return dict(packer(text))
 
     archive = keras.export.ExportArchive()
-    archive.track(classifier)
+    # No `archive.track(classifier)`: the endpoints track the variables they
+    # use (`_all_variables`); tracking the model too stores every weight a
+    # second time (Keras 3.15 saves its variable wrappers and the captured
+    # tf.Variables as separate objects: a SavedModel twice the weights).
+    # The tokenizer is a constant, not a resource that needs tracking.
     archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[text_spec])
     archive.add_endpoint(TOKENIZE_SIGNATURE, tokenize, input_signature=[text_spec])
     # A local export is written beside its target and renamed into place,

@@ -634,7 +634,7 @@ def save_weights_atomic(model, path):
     needed = weights_bytes(model.weights) + (1 << 20)
     if fileio.is_remote(path):
         local = os.path.join(fileio.scratch_dir(), os.path.basename(path))
-        model.save_weights(local)
+        _save_model_weights(model, local)
         fileio.copy(local, path, overwrite=True)
         return path
     directory, name = os.path.split(str(path))
@@ -643,7 +643,7 @@ def save_weights_atomic(model, path):
     temp = os.path.join(directory, f"tmp-{uuid.uuid4().hex[:8]}-{name}")
     try:
         with fileio.names_errors(path):
-            model.save_weights(temp)
+            _save_model_weights(model, temp)
     except BaseException as e:
         with contextlib.suppress(Exception):
             fileio.remove(temp)
@@ -652,6 +652,27 @@ def save_weights_atomic(model, path):
         raise
     fileio.rename(temp, path, overwrite=True)
     return path
+
+
+def _save_model_weights(model, path):
+    """The model's weights alone, without a compiled model's optimizer state.
+
+    Keras' `save_weights` also writes the optimizer's variables of a
+    compiled model (AdamW's two slots: a fine-tuning run's
+    `best.weights.h5` was 3x its weights). These files are read only as
+    weights (export, `--init_checkpoint`); resuming uses the checkpoints.
+    Falls back to `save_weights` on a Keras without `objects_to_skip`.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None:
+        try:
+            from keras.src.saving import saving_lib
+
+            saving_lib.save_weights_only(model, path, objects_to_skip=[optimizer])
+            return
+        except (ImportError, TypeError):
+            pass
+    model.save_weights(path)
 
 
 # What a killed or disk-full run leaves: temporaries of `write_atomic`

@@ -115,6 +115,28 @@ def test_finetuned_on_records(exported):
     assert exported["finetune"]["labels"] == ["0", "1"]
 
 
+def test_weights_are_stored_once(exported):
+    """The best weights hold no optimizer slots; the SavedModel holds each
+    weight once (Keras 3.15 stored a tracked model's weights twice)."""
+    import h5py
+    import tensorflow as tf
+
+    classifier, _, _ = export.load_finetuned(exported["model_dir"])
+    with h5py.File(os.path.join(exported["model_dir"], "best.weights.h5")) as f:
+        assert "optimizer" not in f
+    reader = tf.train.load_checkpoint(
+        os.path.join(exported["export_dir"], "variables", "variables")
+    )
+    stored = [
+        shape
+        for name, shape in reader.get_variable_to_shape_map().items()
+        if name.endswith("VARIABLE_VALUE")
+    ]
+    assert sorted(map(tuple, stored)) == sorted(
+        tuple(w.shape) for w in classifier.weights
+    )
+
+
 _FRESH_PROCESS = textwrap.dedent("""
     import json, sys
     import tensorflow as tf
