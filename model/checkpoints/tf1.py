@@ -51,10 +51,17 @@ def model_config_from_checkpoint(path):
     }
     config_json = os.path.join(os.path.dirname(path), "bert_config.json")
     num_heads = max(1, hidden // 64)
+    # Google's released checkpoints were trained with the erf GELU (their
+    # bert_config.json says "gelu"); "relu" is honoured (our relu exports).
+    activation = "gelu"
     if os.path.exists(config_json):
         with open(config_json, encoding="utf-8") as f:
-            num_heads = json.load(f).get("num_attention_heads", num_heads)
+            bert_config = json.load(f)
+        num_heads = bert_config.get("num_attention_heads", num_heads)
+        if bert_config.get("hidden_act") == "relu":
+            activation = "relu"
     return ModelConfig(
+        activation=activation,
         vocabulary_size=vocab,
         num_layers=len(layers),
         num_heads=num_heads,

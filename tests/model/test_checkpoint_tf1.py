@@ -193,3 +193,12 @@ def test_shape_mismatch_is_named(google_checkpoint):
 
 def test_our_files_are_not_google_checkpoints(tmp_path):
     assert not is_google_checkpoint(str(tmp_path / "missing.ckpt"))
+
+
+def test_bert_config_hidden_act_relu_is_honoured(google_checkpoint):
+    prefix, _ = google_checkpoint
+    config = os.path.join(os.path.dirname(prefix), "bert_config.json")
+    assert model_config_from_checkpoint(prefix).activation == "gelu"
+    with open(config, "w") as f:
+        json.dump({"num_attention_heads": NH, "hidden_act": "relu"}, f)
+    assert model_config_from_checkpoint(prefix).activation == "relu"
