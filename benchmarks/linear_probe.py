@@ -32,23 +32,12 @@ C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
 def read_tsv(path):
-    from configs.labelled_text import parse_row
+    """(texts, int labels) of a `sentence<TAB>label` file, read by the
+    product's own reader (`model.text_data.read_labelled_file`)."""
+    from model.text_data import read_labelled_file
 
-    with open(path, "rb") as f:
-        lines = f.read().split(b"\n")[1:]
-    rows = [
-        parse_row(
-            line,
-            fmt="tsv",
-            columns=["sentence", "label"],
-            text_column="sentence",
-            text_b_column="",
-            label_column="label",
-        )
-        for line in lines
-    ]
-    rows = [r for status, r in rows if status == "ok"]
-    return [r[0] for r in rows], np.array([int(r[2]) for r in rows])
+    rows = read_labelled_file(path, text_column="sentence", label_column="label")
+    return rows.texts_a, np.array([int(y) for y in rows.labels])
 
 
 def encode(backbone, vocab, do_lower_case, texts, seq, batch=256):
