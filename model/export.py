@@ -316,9 +316,24 @@ def export_checkpoint(model_dir: str, export_dir: str, fmt: str) -> str:
     """
     from model.checkpoints import huggingface, ours, tf1
 
-    marker, label = {
-        "huggingface": (huggingface.CONFIG_FILE, "Hugging Face"),
-        "tf1": (tf1.CONFIG_FILE, "google-research/bert TF1"),
+    # Per format: the file that marks an earlier export, its name, what
+    # reads a classifier there, and what a classifier / a pretraining run
+    # is written as.
+    marker, label, reader, as_classifier, as_pretraining = {
+        "huggingface": (
+            huggingface.CONFIG_FILE,
+            "Hugging Face",
+            "BertForSequenceClassification",
+            "BertForSequenceClassification",
+            "BertForPreTraining",
+        ),
+        "tf1": (
+            tf1.CONFIG_FILE,
+            "google-research/bert TF1",
+            "run_classifier.py",
+            "encoder + classifier",
+            "encoder + MLM/NSP heads",
+        ),
     }[fmt]
     kind = ours.kind(model_dir)
     if kind not in ("pretraining", "finetuned"):
@@ -344,10 +359,6 @@ def export_checkpoint(model_dir: str, export_dir: str, fmt: str) -> str:
     if kind == "finetuned":
         classifier, cfg, vocab = load_finetuned(model_dir)
         if classifier.pooling != "cls":
-            reader = {
-                "huggingface": "BertForSequenceClassification",
-                "tf1": "run_classifier.py",
-            }[fmt]
             raise ConfigError(
                 f"{model_dir} pools by {classifier.pooling}; "
                 f"{reader} reads BERT's [CLS] pooler: "
@@ -359,7 +370,7 @@ def export_checkpoint(model_dir: str, export_dir: str, fmt: str) -> str:
             labels=list(cfg.finetune.labels),
             label_names=list(cfg.export.label_names),
         )
-        what = "BertForSequenceClassification"
+        what = as_classifier
     else:
         from model.bert_backbone import load_pretrained_backbone
         from model.bert_pretrainer import BertPretrainer
@@ -377,7 +388,7 @@ def export_checkpoint(model_dir: str, export_dir: str, fmt: str) -> str:
             raise ConfigError(f"{model_dir} has no vocab.txt to export")
         vocab = features.read_vocab(vocab_path)
         parts = dict(backbone=backbone, pretrainer=pretrainer)
-        what = "BertForPreTraining"
+        what = as_pretraining
     final_dir, temp_dir = export_dir.rstrip("/"), export_dir.rstrip("/")
     if not fileio.is_remote(final_dir):
         temp_dir = f"{final_dir}.tmp-{uuid.uuid4().hex[:8]}"
@@ -399,10 +410,6 @@ def export_checkpoint(model_dir: str, export_dir: str, fmt: str) -> str:
                 pretrainer=parts.get("pretrainer"),
                 classifier=parts.get("classifier"),
             )
-            what = {
-                "BertForPreTraining": "encoder + MLM/NSP heads",
-                "BertForSequenceClassification": "encoder + classifier",
-            }[what]
     _rename_into_place(temp_dir, final_dir)
     print(f"exported {model_dir} -> {final_dir} ({label} {what})")
     return final_dir

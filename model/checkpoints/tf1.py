@@ -299,7 +299,6 @@ def export(
     return [
         f"{CHECKPOINT_PREFIX}.index",
         f"{CHECKPOINT_PREFIX}.data-00000-of-00001",
-    ] + [
         CONFIG_FILE,
         "vocab.txt",
     ]
