@@ -34,7 +34,9 @@ class TensorFlowSteps:
         if wanted == "auto" and device_kind() == "cpu" and training._cpu_has_bf16():
             from model import precision_probe
 
-            if precision_probe.enabled():
+            # One process decides alone: multi-worker processes would each
+            # time their own host and could choose differently.
+            if precision_probe.enabled() and p.strategy != "multi_worker":
                 # bf16 pays on some bf16-capable CPUs and shapes, not all.
                 wanted, note = precision_probe.choose(
                     cfg, p.batch_size // max(1, self.replicas)
