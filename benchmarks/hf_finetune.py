@@ -66,6 +66,12 @@ def _flags(argv=None):
         "--learning_rate", type=float, default=0.0, help="ours; 0 = the config's"
     )
     p.add_argument("--keras_hub_python", default=sys.executable)
+    p.add_argument(
+        "--keras_hub_dtype",
+        default="",
+        help="keras-hub arm's dtype policy, e.g. mixed_bfloat16 (default: "
+        "Keras' float32, what its user gets)",
+    )
     p.add_argument("--train_rows", type=int, default=0, help="smoke runs only")
     p.add_argument("--dev_rows", type=int, default=0, help="smoke runs only")
     p.add_argument("--keras_hub_worker", action="store_true", help=argparse.SUPPRESS)
@@ -130,6 +136,9 @@ def run_ours(args, train, dev) -> dict:
     with open(os.path.join(model_dir, "eval_metrics.json")) as f:
         metrics = json.load(f)
     runs = metrics["runs"]
+    from configs.loader import load_resolved
+
+    recorded = load_resolved(model_dir).finetune
     rates = [metrics["num_train"] * args.epochs / r["train_seconds"] for r in runs]
     _run(
         [
@@ -150,6 +159,9 @@ def run_ours(args, train, dev) -> dict:
         "train_seconds": [r["train_seconds"] for r in runs],
         "sentences_per_second": rates,
         "num_train": metrics["num_train"],
+        "dtype_policy": recorded.precision,
+        "learning_rate": float(recorded.learning_rate),
+        "pooling": metrics["pooling"],
         "serving_dir": serving,
         "serving_mb": round(size / 2**20, 1),
     }
@@ -167,6 +179,7 @@ def run_keras_hub(args, train, dev) -> dict:
         f"--epochs={args.epochs}",
         f"--batch_size={args.batch_size}",
         f"--max_seq_length={args.max_seq_length}",
+        f"--keras_hub_dtype={args.keras_hub_dtype}",
     ]
     _run(argv, env=dict(os.environ, KERAS_BACKEND="tensorflow"))
     with open(out) as f:
@@ -181,6 +194,8 @@ def keras_hub_worker(args) -> None:
         import tensorflow as tf
     except ImportError as e:
         sys.exit(f"error: keras-hub arm: {e}; pip install keras-hub (benchmark only)")
+    if args.keras_hub_dtype:
+        keras.config.set_dtype_policy(args.keras_hub_dtype)
     x_train, y_train = _read_tsv(args.train)
     x_dev, y_dev = _read_tsv(args.dev)
     runs = []
@@ -226,6 +241,7 @@ def keras_hub_worker(args) -> None:
         print(f"keras-hub seed {seed}: dev {accuracy:.4f}, {seconds:.0f} s", flush=True)
     result = {
         "keras_hub_version": keras_hub.__version__,
+        "dtype_policy": keras.config.dtype_policy().name,
         "accuracies": [r["accuracy"] for r in runs],
         "train_seconds": [r["train_seconds"] for r in runs],
         "sentences_per_second": [r["sentences_per_second"] for r in runs],
@@ -254,8 +270,9 @@ def table(results) -> str:
         acc, std = _mean_std(r["accuracies"])
         rate, rate_std = _mean_std(r["sentences_per_second"])
         minutes = statistics.mean(r["train_seconds"]) / 60
+        what = f"{len(r['accuracies'])} seeds, {r.get('dtype_policy', '?')}"
         lines.append(
-            f"| {arm} ({len(r['accuracies'])} seeds) | {100 * acc:.1f} ± "
+            f"| {arm} ({what}) | {100 * acc:.1f} ± "
             f"{100 * std:.1f} | {minutes:.1f} | {rate:.1f} ± {rate_std:.1f} |"
         )
     if "tfidf" in results:

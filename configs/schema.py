@@ -213,9 +213,12 @@ class FinetuneConfig:
 
     epochs: int = 3  # passes over the training rows (GLUE recipe: 2-4)
     batch_size: int = 32  # GLOBAL batch size
-    # peak AdamW rate: 2e-5..5e-5 for BERT-Base/Large (the GLUE recipe),
-    # 1e-4..2e-4 for small models such as BERT-Mini or MiniLM-L6
-    learning_rate: float = 5e-5
+    # Peak AdamW rate, a number or auto: auto takes what the published
+    # recipes found for the encoder's width: 3e-5 from hidden 768 up
+    # (BERT-Base/Large: Devlin et al.'s GLUE grid {2,3,5}e-5), 1e-4 from 256
+    # to 767 (BERT-Mini/Small/Medium, MiniLM-L6: Turc et al.'s sweep tops out
+    # at 1e-4), 3e-4 below 256 (BERT-Tiny). See `finetune_learning_rate`.
+    learning_rate: str = "auto"  # auto | a positive number
     warmup_proportion: float = 0.1  # of total steps
     weight_decay: float = 0.01  # AdamW; not on LayerNorm or biases
     max_seq_length: int = 128  # tokens incl. [CLS]/[SEP]
@@ -244,7 +247,11 @@ class FinetuneConfig:
     def validate(self) -> None:
         _check(self.epochs >= 1, "epochs must be at least 1")
         _check(self.batch_size >= 1, "batch_size must be at least 1")
-        _check(self.learning_rate > 0, "learning_rate must be positive")
+        _check(
+            self.learning_rate == "auto" or _positive_number(self.learning_rate),
+            f"finetune.learning_rate must be auto or a positive number, got "
+            f"{self.learning_rate!r}",
+        )
         _check(0 <= self.warmup_proportion <= 1, "warmup_proportion in [0,1]")
         _check(self.max_seq_length >= 8, "max_seq_length must be at least 8")
         _check(self.seeds >= 1, "seeds must be at least 1")
@@ -257,6 +264,29 @@ class FinetuneConfig:
             self.precision in PRECISIONS,
             f"finetune.precision must be one of {'|'.join(PRECISIONS)}",
         )
+
+
+def _positive_number(value) -> bool:
+    try:
+        return 0 < float(value) < float("inf")
+    except (TypeError, ValueError):
+        return False
+
+
+# (smallest hidden width, peak fine-tuning learning rate), widest first.
+FINETUNE_LEARNING_RATES = ((768, 3e-5), (256, 1e-4), (0, 3e-4))
+
+
+def finetune_learning_rate(setting, hidden_dim: int) -> float:
+    """`finetune.learning_rate` as a float: the number, or auto's by width.
+
+    Args:
+        setting: "auto" or a positive number (a float or its string).
+        hidden_dim: int, the encoder's width.
+    """
+    if setting != "auto":
+        return float(setting)
+    return next(r for w, r in FINETUNE_LEARNING_RATES if hidden_dim >= w)
 
 
 @dataclass(frozen=True)

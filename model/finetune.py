@@ -3,7 +3,7 @@
     python -m model.finetune --config=configs/finetune/sst2.yaml \\
         --train=train.tsv --eval=dev.tsv --model_dir=out/sst2 \\
         [--init_checkpoint=out/pretrain] [--epochs=3 --batch_size=32
-        --learning_rate=5e-5 --seed=0 --seeds=1 --max_steps=0]
+        --learning_rate=auto --seed=0 --seeds=1 --max_steps=0]
         [--vocab=vocab.txt] [--set section.key=value ...]
 
 `--train`/`--eval` take a raw labelled file (TSV with quoting off, CSV,
@@ -73,7 +73,7 @@ from configs.cli import (
 )
 from configs.loader import RESOLVED_CONFIG_FILE, dump_config, load_config
 from configs.loader import load_resolved
-from configs.schema import ConfigError, FinetuneConfig
+from configs.schema import ConfigError, FinetuneConfig, finetune_learning_rate
 
 BEST_WEIGHTS_FILE = "best.weights.h5"
 VOCAB_FILE = "vocab.txt"
@@ -87,7 +87,7 @@ EVAL_BATCH_SIZE = 256
 FINETUNE_FLAGS = {
     "epochs": int,
     "batch_size": int,
-    "learning_rate": float,
+    "learning_rate": str,  # auto or a number, checked by the schema
     "seed": int,
     "seeds": int,
     "max_steps": int,
@@ -340,12 +340,22 @@ def resolve_precision(precision, hidden_dim):
 
 
 def _recorded_config(cfg, labels):
-    """`cfg` with the precision resolved, and the config written beside the
-    model: what export needs (labels, casing, lengths, the vocab's name)."""
+    """`cfg` with the precision and learning rate resolved, and the config
+    written beside the model: what export needs (labels, casing, lengths, the
+    vocab's name)."""
+    hidden = cfg.model.hidden_dim
+    learning_rate = finetune_learning_rate(cfg.finetune.learning_rate, hidden)
+    if cfg.finetune.learning_rate == "auto":
+        print(
+            f"learning rate: {learning_rate:g} (auto for an encoder of width "
+            f"{hidden}; --learning_rate sets it)",
+            flush=True,
+        )
     cfg = cfg.replace(
         finetune=dataclasses.replace(
             cfg.finetune,
-            precision=resolve_precision(cfg.finetune.precision, cfg.model.hidden_dim),
+            precision=resolve_precision(cfg.finetune.precision, hidden),
+            learning_rate=learning_rate,
         )
     )
     label_names = tuple(cfg.export.label_names)
@@ -447,11 +457,12 @@ def train_one(
         epochs = math.ceil(ft.max_steps / steps_per_epoch)
     total_steps = epochs * steps_per_epoch
     warmup_steps = int(round(total_steps * ft.warmup_proportion))
+    learning_rate = finetune_learning_rate(ft.learning_rate, cfg.model.hidden_dim)
 
     # Build.
     model = build_classifier(cfg, init, len(labels), dtype=precision)
     optimizer = create_optimizer(
-        learning_rate=ft.learning_rate,
+        learning_rate=learning_rate,
         total_steps=total_steps,
         warmup_steps=warmup_steps,
         weight_decay=ft.weight_decay,
@@ -475,7 +486,7 @@ def train_one(
     batches = batches.prefetch(tf.data.AUTOTUNE)
     print(
         f"seed {seed}: {epochs} epoch(s) x {steps_per_epoch} steps, batch "
-        f"{ft.batch_size}, peak lr {ft.learning_rate:g}, warm-up {warmup_steps} "
+        f"{ft.batch_size}, peak lr {learning_rate:g}, warm-up {warmup_steps} "
         f"steps, {precision}"
         + (", length-grouped batches" if ft.group_by_length else ""),
         flush=True,

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from configs import features, loader, metadata
+from configs import features, loader, metadata, schema
 from configs.schema import ConfigError, ExperimentConfig
 
 
@@ -38,6 +38,9 @@ def test_yaml_then_overrides_in_order(tmp_path):
         ("data.max_seq_length=4", "at least 8"),
         ("data.max_seq_length=1024", "exceeds model.max_sequence_length"),
         ("pretrain.strategy=gpu", "strategy"),
+        ("finetune.learning_rate=fast", "auto or a positive number"),
+        ("finetune.learning_rate=-1e-4", "auto or a positive number"),
+        ("finetune.learning_rate=0", "auto or a positive number"),
         ("nonsense", "section.key=value"),
     ],
 )
@@ -45,6 +48,26 @@ def test_bad_overrides_fail_with_one_line(override, message):
     with pytest.raises(ConfigError, match=message) as e:
         loader.load_config([], [override])
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "hidden, rate",
+    [(128, 3e-4), (255, 3e-4), (256, 1e-4), (384, 1e-4), (767, 1e-4), (768, 3e-5)],
+)
+def test_auto_finetune_learning_rate_follows_the_width(hidden, rate):
+    assert schema.finetune_learning_rate("auto", hidden) == rate
+    # A number (as YAML or a flag gives it) is kept whatever the width.
+    assert schema.finetune_learning_rate("2e-5", hidden) == 2e-5
+    assert schema.finetune_learning_rate(5e-5, hidden) == 5e-5
+
+
+def test_finetune_learning_rate_from_yaml_and_flags():
+    cfg = loader.load_config(["finetune/sst2.yaml"])
+    assert cfg.finetune.learning_rate == "auto"
+    # YAML 1.1 reads 5e-5 as a string and 5.0e-5 as a float: both are kept.
+    for value in ("5e-5", "5.0e-5"):
+        cfg = loader.load_config([], [f"finetune.learning_rate={value}"])
+        assert schema.finetune_learning_rate(cfg.finetune.learning_rate, 768) == 5e-5
 
 
 def test_every_shipped_yaml_loads():

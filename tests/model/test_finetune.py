@@ -242,6 +242,8 @@ def test_finetune_from_pretraining_checkpoint(tmp_path, sst_files, vocab_file, c
     assert "pooling: cls (BERT's default)" in out
     cfg = load_resolved(str(model_dir))
     assert cfg.finetune.pooling == "cls"
+    assert "learning rate:" not in out  # the flag's, not auto's
+    assert float(cfg.finetune.learning_rate) == 1e-12
     # Sizes from the checkpoint's config.yaml, not TINY's hidden_dim=16.
     assert cfg.model.hidden_dim == 8
     # The pretrained encoder was loaded (an lr of 1e-12 leaves it unchanged).
@@ -264,8 +266,14 @@ def test_mlm_only_pretraining_fine_tunes_with_mean_pooling(
     )
     args = _args(*sst_files, tmp_path / "ft", vocab_file, f"--init_checkpoint={ckpt}")
     finetune.run(args + ["--max_steps=1"])
-    assert "pooling: mean (" in capsys.readouterr().out
-    assert load_resolved(str(tmp_path / "ft")).finetune.pooling == "mean"
+    out = capsys.readouterr().out
+    assert "pooling: mean (" in out
+    cfg = load_resolved(str(tmp_path / "ft"))
+    assert cfg.finetune.pooling == "mean"
+    # No --learning_rate: auto's rate for a width-8 encoder, said and recorded.
+    assert "learning rate: 0.0003 (auto for an encoder of width 8" in out
+    assert "peak lr 0.0003" in out
+    assert float(cfg.finetune.learning_rate) == 3e-4
     # An explicit choice is kept.
     finetune.run(args + ["--max_steps=1", "--overwrite", "--set=finetune.pooling=cls"])
     assert "pooling: cls (finetune.pooling)" in capsys.readouterr().out
