@@ -239,16 +239,17 @@ def keras_hub_worker(args) -> None:
             }
         )
         print(f"keras-hub seed {seed}: dev {accuracy:.4f}, {seconds:.0f} s", flush=True)
-    result = {
-        "keras_hub_version": keras_hub.__version__,
-        "dtype_policy": keras.config.dtype_policy().name,
-        "accuracies": [r["accuracy"] for r in runs],
-        "train_seconds": [r["train_seconds"] for r in runs],
-        "sentences_per_second": [r["sentences_per_second"] for r in runs],
-        "num_train": len(x_train),
-    }
-    with open(os.path.join(args.out_dir, "keras_hub.json"), "w") as f:
-        json.dump(result, f, indent=2)
+        # Rewritten after every seed: a run stopped early keeps its seeds.
+        result = {
+            "keras_hub_version": keras_hub.__version__,
+            "dtype_policy": keras.config.dtype_policy().name,
+            "accuracies": [r["accuracy"] for r in runs],
+            "train_seconds": [r["train_seconds"] for r in runs],
+            "sentences_per_second": [r["sentences_per_second"] for r in runs],
+            "num_train": len(x_train),
+        }
+        with open(os.path.join(args.out_dir, "keras_hub.json"), "w") as f:
+            json.dump(result, f, indent=2)
 
 
 def _run(argv, env=None):
