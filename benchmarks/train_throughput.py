@@ -229,10 +229,15 @@ def ensure_keras_hub():
 
         with open(os.path.join(site, "project_venv.pth"), "w") as f:
             f.write(our_site.getsitepackages()[0] + "\n")
-    check = subprocess.run([python, "-c", "import keras_hub"], capture_output=True)
+    # safetensors: keras-hub's from_preset of a Hugging Face directory
+    # needs it (benchmarks/hf_finetune.py) and does not declare it.
+    check = subprocess.run(
+        [python, "-c", "import keras_hub, safetensors"], capture_output=True
+    )
     if check.returncode:
         subprocess.run(
-            [python, "-m", "pip", "install", "-q", f"keras-hub=={KH_VERSION}"],
+            [python, "-m", "pip", "install", "-q"]
+            + [f"keras-hub=={KH_VERSION}", "safetensors"],
             check=True,
         )
     return python
