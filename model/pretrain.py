@@ -342,7 +342,14 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
         resume_step=start_step,
         tensorboard=p.backend == "tensorflow",
     )
-    progress = training.ProgressPrinter(total_steps, start_step, enabled=runner.chief)
+    shown = training.ProgressPrinter.KEYS
+    if p.sentence_loss_weight == 0:
+        # Logged still, but not trained: a chance-level number on the
+        # console would read as a problem.
+        shown = tuple(k for k in shown if k != "sentence_accuracy")
+    progress = training.ProgressPrinter(
+        total_steps, start_step, enabled=runner.chief, keys=shown
+    )
     step, last_saved, values = start_step, start_step, {}
     final_eval = None
     if held_out is not None and start_step == 0:
@@ -353,6 +360,9 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
     window_start, window_steps = time.time(), 0
     first_call_seconds = None
     probe = None  # (start time, start step) of the budget probe
+    # The budget's re-fits: the pace is measured from `refit_window`, taken
+    # once the step compiled for the current schedule has run.
+    refits, refit_window, refit_pending = 0, None, False
     last_finite = None  # (step, loss) of the last finite loss seen
     # Signals stop the loop between compiled calls: the state is whole
     # there, so the current step is saved (when finite) before exiting.
@@ -394,7 +404,34 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
                     dump_config(
                         budget.with_schedule(cfg, total_steps, warmup_steps), model_dir
                     )
-                budgeted = False
+                budgeted, refit_pending = False, True
+            elif refit_pending:
+                # This call compiled the new schedule's step.
+                runner.wait(out)
+                refit_window, refit_pending = (time.time(), step), False
+            elif refit_window and budget.refit_due(p, started, refits):
+                refits += 1
+                runner.wait(out)  # measure finished steps, not queued ones
+                fitted = budget.refit(
+                    p,
+                    started,
+                    refit_window,
+                    step,
+                    (total_steps, warmup_steps),
+                    first_call_seconds,
+                    eval_seconds=eval_seconds if held_out is not None else 0.0,
+                    eval_every=eval_every,
+                )
+                if fitted is not None and fitted[0] != total_steps:
+                    total_steps, warmup_steps = fitted
+                    runner.reschedule(total_steps, warmup_steps)
+                    progress.total_steps = total_steps
+                    if runner.chief:
+                        dump_config(
+                            budget.with_schedule(cfg, total_steps, warmup_steps),
+                            model_dir,
+                        )
+                    refit_pending = True
             log_now = step % p.log_every == 0 or step >= total_steps
             save_now = step % p.save_every == 0 or step >= total_steps
             if log_now or save_now or signals.received is not None:
@@ -419,6 +456,8 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
                 window_start += eval_seconds
                 if probe is not None:
                     probe = (probe[0] + eval_seconds, probe[1])
+                if refit_window is not None:
+                    refit_window = (refit_window[0] + eval_seconds, refit_window[1])
                 if not log_now:
                     logger.log(step, eval_values)
             if log_now:

@@ -35,7 +35,15 @@ FIXED_SECONDS = PROBE_MIN_SECONDS + 10.0
 
 
 def check_budget(p):
-    """Refuses, before anything is built, a budget below the fixed costs."""
+    """Refuses, before anything is built, a budget below the fixed costs,
+    and a budget with several processes (each would time its own host and
+    could fit another step count: the one that stops first would leave the
+    others waiting in a collective)."""
+    if p.budget_minutes > 0 and p.strategy == "multi_worker":
+        raise ConfigError(
+            "--budget_minutes is timed per process, so --strategy=multi_worker "
+            "could end its processes at different steps: give --steps"
+        )
     if p.budget_minutes > 0 and p.budget_minutes * 60 < FIXED_SECONDS:
         raise ConfigError(
             f"--budget_minutes={p.budget_minutes:g} "
@@ -47,16 +55,24 @@ def check_budget(p):
 
 
 def fit_budget(
-    p, started, probe, step, compile_seconds, eval_seconds=0.0, eval_every=0
+    p,
+    started,
+    probe,
+    step,
+    compile_seconds,
+    eval_seconds=0.0,
+    eval_every=0,
+    now=None,
 ):
     """(total_steps, warmup_steps) that end within the budget.
 
     `eval_seconds` (the last held-out evaluation's time, 0 = none) is
     paid every `eval_every` steps and once more at the end.
     """
-    seconds_per_step = (time.time() - probe[0]) / max(step - probe[1], 1)
+    now = time.time() if now is None else now
+    seconds_per_step = (now - probe[0]) / max(step - probe[1], 1)
     # Reserve: one more compile, the final save and evaluation, 3% slack.
-    left = p.budget_minutes * 60 - (time.time() - started)
+    left = p.budget_minutes * 60 - (now - started)
     left = left * 0.97 - compile_seconds - 10.0 - eval_seconds
     cost = seconds_per_step + (eval_seconds / eval_every if eval_every else 0.0)
     # `steps` stays an upper bound.
@@ -73,7 +89,7 @@ def fit_budget(
         # Start-up and compiling took what the steps needed: no steps can
         # be added after the timed ones. Said at the first moment it is
         # known (compile time is only known once the step has compiled).
-        spent = time.time() - started
+        spent = now - started
         print(
             f"note: start-up and compiling used {spent:.0f} s of the "
             f"{p.budget_minutes * 60:.0f} s budget (compiling {compile_seconds:.0f} "
@@ -82,6 +98,69 @@ def fit_budget(
             flush=True,
         )
     return total, warmup
+
+
+# Fractions of the budget at which the step count is fitted again, from the
+# steps timed since the last fit. The probe's 2% of the budget cannot see how
+# checkpoint saves, a warmed-up input pipeline or a busier machine change
+# the pace later (measured with one fit: a 30-minute run ended after 1,580
+# s, a 60-minute one after 3,804 s).
+REFIT_AT = (0.5, 0.8)
+# A projected end within this fraction of the budget keeps the schedule: a
+# re-fit costs a compile and moves the learning rate a little.
+REFIT_TOLERANCE = 0.01
+
+
+def refit_due(p, started, refits_done, now=None):
+    """Whether the next re-fit's moment (`REFIT_AT`) has come."""
+    if refits_done >= len(REFIT_AT):
+        return False
+    now = time.time() if now is None else now
+    return now - started >= REFIT_AT[refits_done] * p.budget_minutes * 60
+
+
+def refit(
+    p,
+    started,
+    window,
+    step,
+    schedule,
+    compile_seconds,
+    eval_seconds=0.0,
+    eval_every=0,
+    now=None,
+):
+    """(total_steps, warmup_steps) fitted again, or None to keep `schedule`.
+
+    Args:
+        p: the `PretrainConfig` (its `budget_minutes`).
+        started: time.time() at the run's start, seconds.
+        window: (time, step) from which the pace is measured: after the
+            current schedule's step compiled, evaluations left out.
+        step: int, steps finished now.
+        schedule: (total_steps, warmup_steps) in force.
+        compile_seconds: float, reserved for compiling the new schedule.
+        eval_seconds, eval_every: as `fit_budget`.
+        now: time.time() (a parameter for tests).
+    """
+    now = time.time() if now is None else now
+    total, warmup = schedule
+    budget = p.budget_minutes * 60
+    seconds_per_step = (now - window[0]) / max(step - window[1], 1)
+    cost = seconds_per_step + (eval_seconds / eval_every if eval_every else 0.0)
+    end = now - started + (total - step) * cost + eval_seconds + 10.0
+    if abs(end - budget) <= REFIT_TOLERANCE * budget:
+        return None
+    print(
+        f"budget re-fit at {now - started:.0f} s: {total} steps would end "
+        f"at {end:.0f} s of {budget:.0f}",
+        flush=True,
+    )
+    new_total, new_warmup = fit_budget(
+        p, started, window, step, compile_seconds, eval_seconds, eval_every, now
+    )
+    # Past warm-up the decay does not depend on it: keep what ran.
+    return new_total, warmup if step >= warmup else new_warmup
 
 
 def with_schedule(cfg, total_steps, warmup_steps):

@@ -442,12 +442,16 @@ def read_metrics(path):
 class ProgressPrinter:
     """Console progress: step, loss, accuracy, examples/s and ETA."""
 
-    def __init__(self, total_steps, start_step, stream=None, enabled=True):
+    KEYS = ("loss", "mlm_accuracy", "sentence_accuracy", "accuracy")
+
+    def __init__(self, total_steps, start_step, stream=None, enabled=True, keys=KEYS):
+        """`keys`: the logged values shown, in order, when present."""
         self.total_steps = total_steps
         self.start_step = start_step
         self.start_time = time.time()
         self.stream = stream or sys.stdout
         self.enabled = enabled
+        self.keys = tuple(keys)
 
     def update(self, step, values):
         if not self.enabled:
@@ -456,11 +460,7 @@ class ProgressPrinter:
         done = max(step - self.start_step, 1)
         eta = elapsed / done * (self.total_steps - step)
         parts = [f"step {step}/{self.total_steps}"]
-        parts += [
-            f"{k} {values[k]:.4f}"
-            for k in ("loss", "mlm_accuracy", "sentence_accuracy", "accuracy")
-            if k in values
-        ]
+        parts += [f"{k} {values[k]:.4f}" for k in self.keys if k in values]
         if "examples_per_second" in values:
             parts.append(f"{values['examples_per_second']:.1f} ex/s")
         parts.append(f"ETA {_format_seconds(eta)}")

@@ -33,11 +33,19 @@ def _check_mlm_only(records, weight):
 
 
 @pytest.mark.parametrize("weight", [0.0, 1.0])
-def test_sentence_loss_weight_tensorflow(records_dir, tmp_path, weight):
+def test_sentence_loss_weight_tensorflow(records_dir, tmp_path, weight, capsys):
     model_dir = str(tmp_path / "run")
     flags = tiny_flags(records_dir, model_dir, steps=2)
     pretrain.run(flags + [f"--set=pretrain.sentence_loss_weight={weight}"])
     _check_mlm_only(_metrics(model_dir), weight)
+    # The console shows the sentence task's accuracy only when it is trained.
+    progress = [
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("step ")
+    ]
+    assert progress and all("mlm_accuracy" in line for line in progress)
+    assert all(("sentence_accuracy" in line) == (weight > 0) for line in progress)
 
 
 def test_mlm_only_jax(records_dir, tmp_path):
@@ -179,8 +187,12 @@ def test_trainers_own_masking_rate_and_slots(records_dir, tmp_path):
             "are dynamic masking's: pass --masking=dynamic",
         ),
         (["--budget_minutes=0.1"], "error: --budget_minutes=0.1 (6 s) is too short"),
+        (
+            ["--budget_minutes=5", "--strategy=multi_worker"],
+            "error: --budget_minutes is timed per process",
+        ),
     ],
-    ids=["rate", "static", "budget"],
+    ids=["rate", "static", "budget", "budget_multi_worker"],
 )
 def test_masking_and_budget_that_cannot_work_are_one_line(
     records_dir, tmp_path, extra, message
@@ -210,3 +222,30 @@ def test_budget_used_up_by_compiling_says_so(capsys):
     # With room left, steps are added and nothing is said.
     total, _ = fit_budget(p, now - 5, (now - 4, 0), 8, compile_seconds=1.0)
     assert total > 8 and "note:" not in capsys.readouterr().out
+
+
+def test_budget_refit_moves_the_end_to_the_budget(capsys):
+    from configs.schema import PretrainConfig
+    from model.pretrain_budget import REFIT_AT, refit, refit_due
+
+    p = PretrainConfig(budget_minutes=10, steps=10**6, warmup_fraction=0.1)
+    t0 = 1000.0  # the run's start; 600 s of budget
+    assert not refit_due(p, t0, 0, now=t0 + 0.49 * 600)
+    assert refit_due(p, t0, 0, now=t0 + REFIT_AT[0] * 600)
+    assert refit_due(p, t0, 1, now=t0 + REFIT_AT[1] * 600)
+    assert not refit_due(p, t0, len(REFIT_AT), now=t0 + 599)
+    now = t0 + 300
+    # Steps timed at 1/s since t0 + 100 (step 100): the first fit's 1,000
+    # steps would end at 300 + 700 + 10 s, past the 600 s: fewer steps.
+    total, warmup = refit(p, t0, (t0 + 100, 100), 300, (1000, 100), 5.0, now=now)
+    assert 300 < total < 600 and warmup == 100  # warm-up is over: kept
+    assert "budget re-fit at 300 s: 1000 steps would end at 1010 s of 600" in (
+        capsys.readouterr().out
+    )
+    end = 300 + (total - 300) * 1.0 + 10
+    assert 0.95 * 600 < end <= 600
+    # Twice the pace: more steps.
+    total, _ = refit(p, t0, (t0 + 100, 100), 500, (600, 60), 5.0, now=now)
+    assert total > 600
+    # An end within REFIT_TOLERANCE of the budget keeps the schedule.
+    assert refit(p, t0, (t0 + 100, 100), 300, (592, 60), 5.0, now=now) is None

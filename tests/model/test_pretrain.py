@@ -232,9 +232,19 @@ def test_multi_worker_two_local_processes(records_dir, tmp_path):
     assert os.path.exists(str(tmp_path / "run" / "encoder.weights.h5"))
 
 
-def test_budget_sizes_steps_and_schedule_to_the_wall_clock(records_dir, tmp_path):
+def test_budget_sizes_steps_and_schedule_to_the_wall_clock(
+    records_dir, tmp_path, capsys, monkeypatch
+):
+    import re
+
     import yaml
 
+    from model import pretrain_budget
+
+    # Both re-fits come as soon as they can and reschedule whatever the
+    # pace: the path is exercised without depending on the machine's speed.
+    monkeypatch.setattr(pretrain_budget, "REFIT_AT", (0.0, 0.0))
+    monkeypatch.setattr(pretrain_budget, "REFIT_TOLERANCE", -1.0)
     model_dir = str(tmp_path / "run")
     argv = tiny_flags(records_dir, model_dir, steps=10**6, save_every=10**6)
     argv += [
@@ -243,13 +253,24 @@ def test_budget_sizes_steps_and_schedule_to_the_wall_clock(records_dir, tmp_path
         "--set=pretrain.warmup_fraction=0.1",
     ]
     pretrain.run(argv)
+    out = capsys.readouterr().out
     with open(os.path.join(model_dir, "config.yaml")) as f:
         p = yaml.safe_load(f)["pretrain"]
     records = _metrics(model_dir)
-    # The run ended at the step count it fixed after timing, and recorded it.
+    fits = re.findall(
+        r"budget 0.25 min: [\d.]+ steps/s measured -> (\d+) steps, " r"warm-up (\d+)",
+        out,
+    )
+    # The first fit after the probe, then the re-fits at REFIT_AT.
+    assert len(fits) == 1 + len(pretrain_budget.REFIT_AT), out
+    assert out.count("budget re-fit at") == len(pretrain_budget.REFIT_AT)
+    first_total, first_warmup = (int(v) for v in fits[0])
+    assert first_warmup == max(1, round(0.1 * first_total))
+    # The run ended at the step count it fixed last, and recorded it, with
+    # the warm-up that ran (it was over at the re-fits).
     assert 5 < p["steps"] < 10**6
-    assert records[-1]["step"] == p["steps"]
-    assert p["warmup_steps"] == max(1, round(0.1 * p["steps"]))
+    assert int(fits[-1][0]) == p["steps"] == records[-1]["step"]
+    assert p["warmup_steps"] == first_warmup
     # The schedule was resized to it: the rate decays to ~0 at the end.
     assert records[-1]["learning_rate"] <= 1e-3 * 2 / (0.9 * p["steps"]) + 1e-12
     assert os.path.exists(os.path.join(model_dir, "encoder.weights.h5"))
