@@ -388,23 +388,18 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
                 first_call_seconds = time.time() - window_start
                 window_start, window_steps = time.time(), 0
                 probe = (time.time(), step)
+            # The budget: fitted once after the probe, then again at
+            # `budget.REFIT_AT`, each time from the steps timed since.
+            fitted = None
+            reserve = {
+                "eval_seconds": eval_seconds if held_out is not None else 0.0,
+                "eval_every": eval_every,
+            }
             if budgeted and budget.probe_done(probe, p, runner, out):
-                total_steps, warmup_steps = budget.fit_budget(
-                    p,
-                    started,
-                    probe,
-                    step,
-                    first_call_seconds,
-                    eval_seconds=eval_seconds if held_out is not None else 0.0,
-                    eval_every=eval_every,
+                budgeted = False
+                fitted = budget.fit_budget(
+                    p, started, probe, step, first_call_seconds, **reserve
                 )
-                runner.reschedule(total_steps, warmup_steps)
-                progress.total_steps = total_steps
-                if runner.chief:
-                    dump_config(
-                        budget.with_schedule(cfg, total_steps, warmup_steps), model_dir
-                    )
-                budgeted, refit_pending = False, True
             elif refit_pending:
                 # This call compiled the new schedule's step.
                 runner.wait(out)
@@ -412,17 +407,18 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
             elif refit_window and budget.refit_due(p, started, refits):
                 refits += 1
                 runner.wait(out)  # measure finished steps, not queued ones
+                schedule = (total_steps, warmup_steps)
                 fitted = budget.refit(
                     p,
                     started,
                     refit_window,
                     step,
-                    (total_steps, warmup_steps),
+                    schedule,
                     first_call_seconds,
-                    eval_seconds=eval_seconds if held_out is not None else 0.0,
-                    eval_every=eval_every,
+                    **reserve,
                 )
-                if fitted is not None and fitted[0] != total_steps:
+            if fitted is not None:
+                if fitted != (total_steps, warmup_steps):
                     total_steps, warmup_steps = fitted
                     runner.reschedule(total_steps, warmup_steps)
                     progress.total_steps = total_steps
@@ -431,7 +427,7 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
                             budget.with_schedule(cfg, total_steps, warmup_steps),
                             model_dir,
                         )
-                    refit_pending = True
+                refit_pending = True
             log_now = step % p.log_every == 0 or step >= total_steps
             save_now = step % p.save_every == 0 or step >= total_steps
             if log_now or save_now or signals.received is not None:

@@ -2,8 +2,10 @@
 
 As budget-pretraining recipes do: time real steps, then fix the step
 count that fits and size warm-up and decay to it. The step is compiled
-again once with the final schedule; that compile is paid from the budget
-(reserved as the first call's time).
+again with the new schedule; that compile is paid from the budget
+(reserved as the first call's time). At `REFIT_AT` of the budget the count
+is fitted again from the pace since the last fit (`refit`), when the run
+would otherwise miss its end by more than `REFIT_TOLERANCE`.
 """
 
 import dataclasses
@@ -63,11 +65,13 @@ def fit_budget(
     eval_seconds=0.0,
     eval_every=0,
     now=None,
+    first=True,
 ):
     """(total_steps, warmup_steps) that end within the budget.
 
     `eval_seconds` (the last held-out evaluation's time, 0 = none) is
-    paid every `eval_every` steps and once more at the end.
+    paid every `eval_every` steps and once more at the end. `first`: the
+    fit after the probe (a budget spent by then was spent starting up).
     """
     now = time.time() if now is None else now
     seconds_per_step = (now - probe[0]) / max(step - probe[1], 1)
@@ -85,7 +89,7 @@ def fit_budget(
         f"measured -> {total} steps, warm-up {warmup}",
         flush=True,
     )
-    if total <= step:
+    if total <= step and first:
         # Start-up and compiling took what the steps needed: no steps can
         # be added after the timed ones. Said at the first moment it is
         # known (compile time is only known once the step has compiled).
@@ -157,8 +161,18 @@ def refit(
         flush=True,
     )
     new_total, new_warmup = fit_budget(
-        p, started, window, step, compile_seconds, eval_seconds, eval_every, now
+        p,
+        started,
+        window,
+        step,
+        compile_seconds,
+        eval_seconds,
+        eval_every,
+        now,
+        first=False,
     )
+    if new_total <= step:
+        print(f"budget spent: the run stops at step {step}", flush=True)
     # Past warm-up the decay does not depend on it: keep what ran.
     return new_total, warmup if step >= warmup else new_warmup
 
