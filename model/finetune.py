@@ -457,7 +457,7 @@ def train_one(
         epochs = math.ceil(ft.max_steps / steps_per_epoch)
     total_steps = epochs * steps_per_epoch
     warmup_steps = int(round(total_steps * ft.warmup_proportion))
-    learning_rate = finetune_learning_rate(ft.learning_rate, cfg.model.hidden_dim)
+    learning_rate = float(ft.learning_rate)  # resolved once, by `_run`
 
     # Build.
     model = build_classifier(cfg, init, len(labels), dtype=precision)

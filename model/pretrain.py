@@ -407,13 +407,12 @@ def train(cfg, files, model_dir, vocab=None, init_checkpoint="", signals=None):
             elif refit_window and budget.refit_due(p, started, refits):
                 refits += 1
                 runner.wait(out)  # measure finished steps, not queued ones
-                schedule = (total_steps, warmup_steps)
                 fitted = budget.refit(
                     p,
                     started,
                     refit_window,
                     step,
-                    schedule,
+                    (total_steps, warmup_steps),
                     first_call_seconds,
                     **reserve,
                 )

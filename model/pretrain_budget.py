@@ -32,8 +32,10 @@ def probe_done(probe, p, runner, out):
     return True
 
 
+# Reserved for the final save of every budget run.
+SAVE_SECONDS = 10.0
 # Paid by every budget run: the probe's minimum and the final save.
-FIXED_SECONDS = PROBE_MIN_SECONDS + 10.0
+FIXED_SECONDS = PROBE_MIN_SECONDS + SAVE_SECONDS
 
 
 def check_budget(p):
@@ -50,10 +52,19 @@ def check_budget(p):
         raise ConfigError(
             f"--budget_minutes={p.budget_minutes:g} "
             f"({p.budget_minutes * 60:.0f} s) is too short: a budget run "
-            f"times steps for {PROBE_MIN_SECONDS:g} s and reserves 10 s for "
+            f"times steps for {PROBE_MIN_SECONDS:g} s and reserves "
+            f"{SAVE_SECONDS:g} s for "
             f"the final save; give at least {FIXED_SECONDS / 60:.2f} minutes, "
             "or --steps without a budget"
         )
+
+
+def _pace(window, step, now, eval_seconds, eval_every):
+    """(seconds per step since `window` = (time, step), seconds per step
+    with the held-out evaluations' share added)."""
+    seconds_per_step = (now - window[0]) / max(step - window[1], 1)
+    share = eval_seconds / eval_every if eval_every else 0.0
+    return seconds_per_step, seconds_per_step + share
 
 
 def fit_budget(
@@ -74,11 +85,10 @@ def fit_budget(
     fit after the probe (a budget spent by then was spent starting up).
     """
     now = time.time() if now is None else now
-    seconds_per_step = (now - probe[0]) / max(step - probe[1], 1)
+    seconds_per_step, cost = _pace(probe, step, now, eval_seconds, eval_every)
     # Reserve: one more compile, the final save and evaluation, 3% slack.
     left = p.budget_minutes * 60 - (now - started)
-    left = left * 0.97 - compile_seconds - 10.0 - eval_seconds
-    cost = seconds_per_step + (eval_seconds / eval_every if eval_every else 0.0)
+    left = left * 0.97 - compile_seconds - SAVE_SECONDS - eval_seconds
     # `steps` stays an upper bound.
     total = min(step + max(int(left / cost), 0), p.steps)
     warmup = warmup_steps_of(p, total)
@@ -150,9 +160,8 @@ def refit(
     now = time.time() if now is None else now
     total, warmup = schedule
     budget = p.budget_minutes * 60
-    seconds_per_step = (now - window[0]) / max(step - window[1], 1)
-    cost = seconds_per_step + (eval_seconds / eval_every if eval_every else 0.0)
-    end = now - started + (total - step) * cost + eval_seconds + 10.0
+    _, cost = _pace(window, step, now, eval_seconds, eval_every)
+    end = now - started + (total - step) * cost + eval_seconds + SAVE_SECONDS
     if abs(end - budget) <= REFIT_TOLERANCE * budget:
         return None
     print(
