@@ -116,6 +116,15 @@ def _flags(argv=None):
         "split's unlabeled sentences (never dev), e.g. 5:10 is 15 minutes in all",
     )
     p.add_argument(
+        "--task_mix",
+        type=int,
+        default=0,
+        help="--budgets: mix the --train split's unlabeled sentences (never "
+        "dev) into every row's pretraining data, as N copies (the data job's "
+        "--dupe_factor); task-adaptive pretraining on one schedule, instead "
+        "of --tapt's second phase",
+    )
+    p.add_argument(
         "--reuse",
         action="store_true",
         help="--budgets: keep the rows of an earlier run in --out_dir "
@@ -163,10 +172,12 @@ def _flags(argv=None):
         "rate): print one table and each arm at its best setting; no training",
     )
     args = p.parse_args(argv)
-    if args.continue_from:
-        vocab = os.path.join(args.continue_from, "vocab.txt")
-        if os.path.exists(vocab):
-            args.vocab = vocab  # the records must use the checkpoint's tokens
+    for checkpoint in (args.continue_from, args.init_checkpoint):
+        vocab = os.path.join(checkpoint, "vocab.txt") if checkpoint else ""
+        if vocab and os.path.exists(vocab):
+            # The records (and the fine-tuning's tokenizer) must use the
+            # checkpoint's tokens; finetune refuses any other vocab.
+            args.vocab = vocab
     if args.quick:
         args.corpus = f"{SHARED}/corpus-small/sample.txt"
         args.pretrain_steps = min(args.pretrain_steps, 300)
@@ -343,7 +354,7 @@ def _median_range(result) -> tuple:
     return median, accs[0], accs[-1]
 
 
-def task_text_records(args) -> str:
+def task_text_records(args, dupe_factor=10) -> str:
     """The `--train` split's sentences, unlabeled, as pretraining records.
 
     Only the training split: pretraining on dev sentences, even without
@@ -352,7 +363,8 @@ def task_text_records(args) -> str:
     one-sentence document gives one ~40-token pair per 128-token sequence
     (measured: 69,110 instances of 2 sentences each), so most of every
     step would be padding; the masked-LM recipe has no sentence task to
-    mislead. `--dupe_factor` 10 gives the short corpus several pairings.
+    mislead. `dupe_factor` (the data job's; 10 by default) gives the short
+    corpus several pairings; each dupe factor gets its own records.
     """
     from pipelines import pretraining_data
 
@@ -362,7 +374,7 @@ def task_text_records(args) -> str:
         sentences = [s for s in sentences if s]
         for i in range(0, len(sentences), 8):
             out.write("\n".join(sentences[i : i + 8]) + "\n\n")
-    records = os.path.join(args.out_dir, "task_records")
+    records = os.path.join(args.out_dir, f"task_records_x{dupe_factor}")
     pretraining_data.run(
         [
             f"--input={text}",
@@ -370,7 +382,7 @@ def task_text_records(args) -> str:
             f"--output_dir={records}",
             f"--max_seq_length={args.pretrain_seq_length}",
             "--max_predictions_per_seq=20",
-            "--dupe_factor=10",
+            f"--dupe_factor={dupe_factor}",
             "--num_shards=2",
             "--overwrite",
         ]
@@ -381,7 +393,19 @@ def task_text_records(args) -> str:
 def _budget_row(args, records, minutes, tapt_from=None, tapt_records=None):
     """One row: pretraining (or a task-adaptive phase over `tapt_from`'s
     run) and the same fine-tuning from it."""
-    if tapt_from is None:
+    if tapt_from is None and args.task_mix:
+        # One schedule over the corpus and the task's text together; held
+        # out of the corpus only, as every other row: comparable points.
+        name = f"pretrain_{minutes:g}min_mix_x{args.task_mix}"
+        task = task_text_records(args, args.task_mix)
+        data = ",".join(
+            os.path.join(d, "pretraining-*.tfrecord*") for d in (records, task)
+        )
+        held_out = os.path.join(records, "eval")
+        pre = pretrain(args, data, minutes, name, args.continue_from, held_out)
+        pre["task_mix"] = args.task_mix
+        pre["task_share"] = _task_share(records, task)
+    elif tapt_from is None:
         name = f"pretrain_{minutes:g}min"
         pre = pretrain(args, records, minutes, name, args.continue_from)
     else:
@@ -396,7 +420,18 @@ def _budget_row(args, records, minutes, tapt_from=None, tapt_records=None):
     return {"pretrain": pre, "finetune": finetune(args, pre["model_dir"], f"ft_{name}")}
 
 
+def _task_share(records, task) -> float:
+    """The task text's share of the mixed records (by record count)."""
+    counts = []
+    for d in (records, task):
+        with open(os.path.join(d, "metadata.json")) as f:
+            counts.append(json.load(f)["num_examples"])
+    return round(counts[1] / sum(counts), 4)
+
+
 def _row_label(pre) -> str:
+    if "task_mix" in pre:
+        return f"{pre['budget_minutes']:g} + task text mixed x{pre['task_mix']}"
     if "tapt_minutes" in pre:
         return f"{pre['tapt_from_minutes']:g} + {pre['tapt_minutes']:g} task"
     return f"{pre['budget_minutes']:g}"
@@ -433,7 +468,10 @@ def budget_table(args, results) -> None:
 
     by_minutes = {}
     for minutes in [float(b) for b in args.budgets.split(",")]:
-        row = done.get(f"{minutes:g}") or _budget_row(args, records, minutes)
+        label = f"{minutes:g}" + (
+            f" + task text mixed x{args.task_mix}" if args.task_mix else ""
+        )
+        row = done.get(label) or _budget_row(args, records, minutes)
         by_minutes[minutes] = row
         rows.append(row)
         save()
@@ -640,9 +678,11 @@ def main(argv=None):
     print(f"\nSST-2 dev accuracy{label}")
     summary = results["pretrain"].get("summary")
     if summary:
-        how = (
-            f"{summary['steps']} steps of batch {summary['batch_size']} on "
-            f"{summary['device']} ({summary['wall_s_total']:.0f} s)"
+        # `model.pretrain`'s pretrain_summary.json: steps, seconds and the
+        # held-out evaluation at the end (when the run had eval data).
+        held_out = summary.get("eval", {}).get("eval_mlm_accuracy")
+        how = f"{summary['step']} steps ({summary['seconds']:.0f} s)" + (
+            f", held-out MLM accuracy {held_out:.3f}" if held_out is not None else ""
         )
     elif args.init_checkpoint:
         how = f"from {args.init_checkpoint}"
