@@ -40,6 +40,13 @@ accuracy median [min, max] over seeds against random init and TF-IDF:
     .venv/bin/python benchmarks/sst2.py --model=pretrain/bert_tiny.yaml \
         --budgets=5,15,30,60 --seeds=5 --out_dir=/tmp/bench_budget
 
+`--task_mix=N` mixes the train split's unlabeled sentences (N copies) into
+each row's pretraining data instead (task-adaptive pretraining on the same
+schedule, not a second phase; never dev):
+
+    .venv/bin/python benchmarks/sst2.py --model=pretrain/bert_tiny.yaml \
+        --budgets=30 --task_mix=10 --seeds=5 --out_dir=/tmp/bench_mix
+
 `--combine=DIR1,DIR2,...` prints one table over earlier runs (e.g. one
 `--out_dir` per `--learning_rate`) and the lift with each arm at its own
 best learning rate.
@@ -90,6 +97,14 @@ def _flags(argv=None):
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--learning_rate", type=float, default=3e-4)
     p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument(
+        "--finetune_set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every fine-tuning run, both arms (passed "
+        "to model.finetune as --set), e.g. finetune.dropout=0; repeatable",
+    )
     p.add_argument("--max_seq_length", type=int, default=64)
     p.add_argument(
         "--quick",
@@ -561,7 +576,7 @@ def finetune(args, init_checkpoint, name, extra=()) -> dict:
         # another machine's resolved precision: pick this machine's.
         "--set=finetune.precision=auto",
         "--quiet",
-    ]
+    ] + [f"--set={override}" for override in args.finetune_set]
     if init_checkpoint:
         argv.append(f"--init_checkpoint={init_checkpoint}")
     argv += list(extra)
