@@ -459,6 +459,27 @@ def budget_table(args, results) -> None:
     if args.reuse and os.path.exists(path):
         with open(path) as f:
             earlier = json.load(f)
+    done = {_row_label(r["pretrain"]): r for r in earlier.get("budgets", [])}
+    budget_labels = {
+        minutes: f"{minutes:g}"
+        + (f" + task text mixed x{args.task_mix}" if args.task_mix else "")
+        for minutes in [float(b) for b in args.budgets.split(",")]
+    }
+    tapt_pairs = [
+        tuple(float(x) for x in pair.split(":"))
+        for pair in args.tapt.split(",")
+        if pair
+    ]
+    for base, minutes in tapt_pairs:
+        if base not in budget_labels:
+            # Before any training: the phase continues that budget's run.
+            sys.exit(f"--tapt={base:g}:{minutes:g}: {base:g} is not one of --budgets")
+    requested = set(budget_labels.values()) | {
+        f"{base:g} + {minutes:g} task" for base, minutes in tapt_pairs
+    }
+    # --reuse keeps the earlier rows this run does not ask for: one
+    # results.json (and one table) grows over runs instead of losing them.
+    rows = results["budgets"] = [r for k, r in done.items() if k not in requested]
     records, data_seconds = pretraining_records(args)
     results["data_seconds"] = round(data_seconds, 1)
     # The baseline: random init, or the checkpoint that is pretrained further.
@@ -474,27 +495,19 @@ def budget_table(args, results) -> None:
         results["random_mean"] = earlier.get("random_mean") or finetune(
             args, "", "finetune_random_mean", ["--set=finetune.pooling=mean"]
         )
-    rows = results["budgets"] = []
-    done = {_row_label(r["pretrain"]): r for r in earlier.get("budgets", [])}
 
     def save():
         with open(path, "w") as f:
             json.dump(results, f, indent=2, default=str)
 
     by_minutes = {}
-    for minutes in [float(b) for b in args.budgets.split(",")]:
-        label = f"{minutes:g}" + (
-            f" + task text mixed x{args.task_mix}" if args.task_mix else ""
-        )
+    for minutes, label in budget_labels.items():
         row = done.get(label) or _budget_row(args, records, minutes)
         by_minutes[minutes] = row
         rows.append(row)
         save()
     tapt_records = None
-    for pair in [p for p in args.tapt.split(",") if p]:
-        base, minutes = (float(x) for x in pair.split(":"))
-        if base not in by_minutes:
-            sys.exit(f"--tapt={pair}: {base:g} is not one of --budgets")
+    for base, minutes in tapt_pairs:
         label = f"{base:g} + {minutes:g} task"
         if label not in done and tapt_records is None:
             tapt_records = task_text_records(args)
