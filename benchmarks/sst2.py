@@ -74,6 +74,9 @@ TFIDF_C_GRID = (1.0, 3.0, 10.0, 30.0, 100.0)
 # Documents of the corpus (1,569 here) held out of pretraining for the
 # held-out masked-LM accuracy (~1%).
 EVAL_DOCUMENTS = 16
+# Copies of the task text in a --tapt phase's records (the data job's
+# --dupe_factor); --task_mix sets its own.
+TAPT_DUPE_FACTOR = 10
 
 
 def _flags(argv=None):
@@ -369,7 +372,7 @@ def _median_range(result) -> tuple:
     return median, accs[0], accs[-1]
 
 
-def task_text_records(args, dupe_factor=10) -> str:
+def task_text_records(args, dupe_factor=TAPT_DUPE_FACTOR) -> str:
     """The `--train` split's sentences, unlabeled, as pretraining records.
 
     Only the training split: pretraining on dev sentences, even without
@@ -378,7 +381,7 @@ def task_text_records(args, dupe_factor=10) -> str:
     one-sentence document gives one ~40-token pair per 128-token sequence
     (measured: 69,110 instances of 2 sentences each), so most of every
     step would be padding; the masked-LM recipe has no sentence task to
-    mislead. `dupe_factor` (the data job's; 10 by default) gives the short
+    mislead. `dupe_factor` (the data job's) gives the short
     corpus several pairings; each dupe factor gets its own records.
     """
     from pipelines import pretraining_data
@@ -405,21 +408,22 @@ def task_text_records(args, dupe_factor=10) -> str:
     return records
 
 
-def _budget_row(args, records, minutes, tapt_from=None, tapt_records=None):
+def _budget_row(args, records, minutes, tapt_from=None, task_records=None):
     """One row: pretraining (or a task-adaptive phase over `tapt_from`'s
-    run) and the same fine-tuning from it."""
-    if tapt_from is None and args.task_mix:
+    run) and the same fine-tuning from it. `task_records`: the task text's
+    records, the phase's data (`tapt_from`) or mixed into the corpus's
+    (`--task_mix`)."""
+    if tapt_from is None and task_records:
         # One schedule over the corpus and the task's text together; held
         # out of the corpus only, as every other row: comparable points.
         name = f"pretrain_{minutes:g}min_mix_x{args.task_mix}"
-        task = task_text_records(args, args.task_mix)
         data = ",".join(
-            os.path.join(d, "pretraining-*.tfrecord*") for d in (records, task)
+            os.path.join(d, "pretraining-*.tfrecord*") for d in (records, task_records)
         )
         held_out = os.path.join(records, "eval")
         pre = pretrain(args, data, minutes, name, args.continue_from, held_out)
         pre["task_mix"] = args.task_mix
-        pre["task_share"] = _task_share(records, task)
+        pre["task_share"] = _task_share(records, task_records)
     elif tapt_from is None:
         name = f"pretrain_{minutes:g}min"
         pre = pretrain(args, records, minutes, name, args.continue_from)
@@ -428,7 +432,7 @@ def _budget_row(args, records, minutes, tapt_from=None, tapt_records=None):
         name = f"pretrain_{base['budget_minutes']:g}min_tapt_{minutes:g}min"
         # Held out of the corpus, as the base run's: comparable points.
         held_out = os.path.join(records, "eval")
-        pre = pretrain(args, tapt_records, minutes, name, base["model_dir"], held_out)
+        pre = pretrain(args, task_records, minutes, name, base["model_dir"], held_out)
         pre["tapt_from_minutes"] = base["budget_minutes"]
         pre["tapt_minutes"] = minutes
         pre["steps"] += base["steps"]
@@ -444,12 +448,19 @@ def _task_share(records, task) -> float:
     return round(counts[1] / sum(counts), 4)
 
 
+def _budget_label(minutes, task_mix=0) -> str:
+    return f"{minutes:g}" + (f" + task text mixed x{task_mix}" if task_mix else "")
+
+
+def _tapt_label(base_minutes, minutes) -> str:
+    return f"{base_minutes:g} + {minutes:g} task"
+
+
 def _row_label(pre) -> str:
-    if "task_mix" in pre:
-        return f"{pre['budget_minutes']:g} + task text mixed x{pre['task_mix']}"
+    """A row's key in results.json (what `--reuse` matches) and its label."""
     if "tapt_minutes" in pre:
-        return f"{pre['tapt_from_minutes']:g} + {pre['tapt_minutes']:g} task"
-    return f"{pre['budget_minutes']:g}"
+        return _tapt_label(pre["tapt_from_minutes"], pre["tapt_minutes"])
+    return _budget_label(pre["budget_minutes"], pre.get("task_mix", 0))
 
 
 def budget_table(args, results) -> None:
@@ -461,8 +472,7 @@ def budget_table(args, results) -> None:
             earlier = json.load(f)
     done = {_row_label(r["pretrain"]): r for r in earlier.get("budgets", [])}
     budget_labels = {
-        minutes: f"{minutes:g}"
-        + (f" + task text mixed x{args.task_mix}" if args.task_mix else "")
+        minutes: _budget_label(minutes, args.task_mix)
         for minutes in [float(b) for b in args.budgets.split(",")]
     }
     tapt_pairs = [
@@ -475,7 +485,7 @@ def budget_table(args, results) -> None:
             # Before any training: the phase continues that budget's run.
             sys.exit(f"--tapt={base:g}:{minutes:g}: {base:g} is not one of --budgets")
     requested = set(budget_labels.values()) | {
-        f"{base:g} + {minutes:g} task" for base, minutes in tapt_pairs
+        _tapt_label(base, minutes) for base, minutes in tapt_pairs
     }
     # --reuse keeps the earlier rows this run does not ask for: one
     # results.json (and one table) grows over runs instead of losing them.
@@ -500,19 +510,27 @@ def budget_table(args, results) -> None:
         with open(path, "w") as f:
             json.dump(results, f, indent=2, default=str)
 
+    task_records = {}  # dupe factor -> records: one data job each per run
+
+    def task(dupe_factor):
+        if dupe_factor not in task_records:
+            task_records[dupe_factor] = task_text_records(args, dupe_factor)
+        return task_records[dupe_factor]
+
     by_minutes = {}
     for minutes, label in budget_labels.items():
-        row = done.get(label) or _budget_row(args, records, minutes)
+        row = done.get(label) or _budget_row(
+            args,
+            records,
+            minutes,
+            task_records=task(args.task_mix) if args.task_mix else None,
+        )
         by_minutes[minutes] = row
         rows.append(row)
         save()
-    tapt_records = None
     for base, minutes in tapt_pairs:
-        label = f"{base:g} + {minutes:g} task"
-        if label not in done and tapt_records is None:
-            tapt_records = task_text_records(args)
-        row = done.get(label) or _budget_row(
-            args, records, minutes, by_minutes[base], tapt_records
+        row = done.get(_tapt_label(base, minutes)) or _budget_row(
+            args, records, minutes, by_minutes[base], task(TAPT_DUPE_FACTOR)
         )
         rows.append(row)
         save()
